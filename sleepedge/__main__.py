@@ -1,0 +1,3 @@
+from sleepedge.cli import run
+
+run()

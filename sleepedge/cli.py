@@ -1,0 +1,84 @@
+"""The `sleepedge` command line (Typer).
+
+Each subsystem registers its commands from `sleepedge/commands/<name>.py`; those modules
+import nothing heavy at module level (no torch, no onnxruntime): every command imports its
+subsystem inside its function, so `sleepedge score` never loads torch.
+
+Domain errors (`SleepEdgeError`) become one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from sleepedge import __version__
+from sleepedge.errors import SleepEdgeError
+
+app = typer.Typer(
+    name="sleepedge",
+    help="Self-supervised sleep staging, from training to a bedside device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sleepedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """sleepedge: score sleep epoch by epoch, offline or live, on CPU, CUDA or Jetson."""
+
+
+def _register() -> None:
+    from sleepedge.commands import export as export_cmd
+    from sleepedge.commands import info as info_cmd
+    from sleepedge.commands import score as score_cmd
+    from sleepedge.commands import simulate as simulate_cmd
+    from sleepedge.commands import train as train_cmd
+
+    for module in (info_cmd, simulate_cmd, score_cmd, export_cmd, train_cmd):
+        module.register(app)
+
+
+_register()
+
+
+def run() -> None:
+    """Console-script entry point: domain errors -> one line + exit code, no traceback."""
+    try:
+        app(standalone_mode=False)
+    except SleepEdgeError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        sys.exit(err.exit_code)
+    except typer.Exit as ex:
+        sys.exit(ex.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as ex:  # click usage errors
+        import click
+
+        if isinstance(ex, click.exceptions.ClickException):
+            ex.show()
+            sys.exit(ex.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    run()

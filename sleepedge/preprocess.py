@@ -1,0 +1,403 @@
+"""Causal preprocessing: the ONE function that feeds both the training cache and the runtime.
+
+Signals in -> model epochs out, strictly causally, so that what a bedside device computes
+epoch by epoch is bit-for-bit (to float rounding) what training saw.
+
+Glossary
+    role        modality (contract.ROLES): EEG, EOG, EMG, ECG, RESP, SPO2
+    fs_in_hz    native rate of a role's channel (any rate; non-integer allowed)
+    fs_hz       model rate, 100 Hz (contract.FS_HZ)
+    epoch       30 s = 3000 samples at fs_hz
+    data        float32 (n_roles, 3000) per epoch, roles in `CausalPreprocessor.roles` order
+    quality     uint8 (n_roles,) bit mask per epoch (contract.Q_*)
+
+Pipeline per role, every stage carries its state from one push() to the next:
+    1. quality flags on the raw input (µV, native rate), per 30-s epoch: NaN/Inf, flat line,
+       clipped rails, disconnected electrode. Non-finite samples are replaced by 0 before
+       filtering so they cannot poison the filter state.
+    2. polyphase resampling fs_in -> 100 Hz (the FIR that `scipy.signal.resample_poly` uses,
+       applied causally with `upfirdn` over a carried input history: adds a group delay of
+       `half_len / down` output samples, 0.1 s for 256 -> 100 Hz).
+    3. band-pass per role (Butterworth, second-order sections, `sosfilt` with carried zi).
+    4. causal normalisation: divide by a running robust scale (exponential moving average
+       of log(1.4826 * MAD) over past and current epochs, half-life `norm_halflife_epochs`;
+       epochs flagged flat/disconnected do not update it), then clip to +/- `clip`.
+       SPO2 is an absolute quantity: (x - spo2_center) / spo2_scale instead.
+No whole-night statistic is ever used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import signal as sps
+
+from sleepedge import contract
+from sleepedge.errors import PreprocessError
+
+_DEFAULT_BANDS: tuple[tuple[str, float | None, float | None], ...] = (
+    ("EEG", 0.3, 35.0),
+    ("EOG", 0.3, 35.0),
+    ("EMG", 10.0, 45.0),
+    ("ECG", 0.5, 40.0),
+    ("RESP", 0.05, 5.0),
+    ("SPO2", None, None),
+)
+# below this robust std (in the role's unit) a 1-s window counts as flat
+_DEFAULT_FLAT_FLOOR: tuple[tuple[str, float], ...] = (
+    ("EEG", 0.5), ("EOG", 0.5), ("EMG", 0.1), ("ECG", 1.0), ("RESP", 1e-6), ("SPO2", 1e-6),
+)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """All preprocessing parameters; saved in checkpoints and bundle manifests."""
+
+    fs_hz: int = contract.FS_HZ
+    epoch_s: float = contract.EPOCH_S
+    filter_order: int = 2                  # per band edge: band-pass order is 2 * filter_order
+    bands: tuple[tuple[str, float | None, float | None], ...] = _DEFAULT_BANDS
+    resample_half_len: int = 10            # FIR half length in units of max(up, down) (resample_poly's 10)
+    norm_halflife_epochs: float = 20.0
+    clip: float = 20.0
+    spo2_center: float = 95.0
+    spo2_scale: float = 5.0
+    flat_floor: tuple[tuple[str, float], ...] = _DEFAULT_FLAT_FLOOR
+    flat_window_s: float = 1.0
+    flat_fraction: float = 0.5             # >= this fraction of flat windows -> Q_FLAT
+    disconnected_fraction: float = 0.9     # >= this fraction flat/NaN/railed -> Q_DISCONNECTED
+    clip_fraction: float = 0.02            # >= this fraction of samples at the extreme -> Q_CLIPPED
+
+    @property
+    def epoch_samples(self) -> int:
+        return int(round(self.epoch_s * self.fs_hz))
+
+    def band(self, role: str) -> tuple[float | None, float | None]:
+        for r, lo, hi in self.bands:
+            if r == role:
+                return lo, hi
+        return None, None
+
+    def floor(self, role: str) -> float:
+        return dict(self.flat_floor).get(role, 1e-6)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["bands"] = {r: [lo, hi] for r, lo, hi in self.bands}
+        d["flat_floor"] = {r: v for r, v in self.flat_floor}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "PreprocessConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PreprocessError(
+                f"preprocessing config has unknown keys {unknown}; expected a subset of {sorted(known)} "
+                "(was it written by a newer sleepedge?)"
+            )
+        if "bands" in d and isinstance(d["bands"], Mapping):
+            d["bands"] = tuple((r, v[0], v[1]) for r, v in d["bands"].items())
+        if "flat_floor" in d and isinstance(d["flat_floor"], Mapping):
+            d["flat_floor"] = tuple((r, float(v)) for r, v in d["flat_floor"].items())
+        return cls(**d)
+
+
+@dataclass
+class Epoch:
+    index: int
+    onset_s: float
+    data: np.ndarray      # float32 (n_roles, epoch_samples)
+    quality: np.ndarray   # uint8 (n_roles,)
+
+
+def _ratio(fs_in_hz: float, fs_out_hz: int) -> tuple[int, int]:
+    frac = Fraction(fs_out_hz / fs_in_hz).limit_denominator(1000)
+    up, down = frac.numerator, frac.denominator
+    if abs(fs_in_hz * up / down - fs_out_hz) > 1e-9 * fs_out_hz:
+        raise PreprocessError(
+            f"cannot resample {fs_in_hz} Hz to {fs_out_hz} Hz with a rational factor of small terms; "
+            "resample the recording to a common rate (e.g. 100, 128, 200, 250, 256, 500 Hz) first"
+        )
+    return up, down
+
+
+class _Resampler:
+    """Causal streaming polyphase resampler (resample_poly's filter, upfirdn over a history)."""
+
+    def __init__(self, fs_in_hz: float, fs_out_hz: int, half_len_factor: int):
+        self.up, self.down = _ratio(fs_in_hz, fs_out_hz)
+        self.identity = self.up == 1 and self.down == 1
+        if not self.identity:
+            max_rate = max(self.up, self.down)
+            half_len = half_len_factor * max_rate
+            self.h = sps.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
+        self.buf = np.zeros(0)
+        self.buf_start = 0          # absolute input index of buf[0]
+        self.n_in = 0
+        self.n_out = 0
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self.identity:
+            self.n_in += len(x)
+            self.n_out += len(x)
+            return x
+        up, down, L = self.up, self.down, len(self.h)
+        self.buf = np.concatenate([self.buf, x]) if len(self.buf) else x
+        self.n_in += len(x)
+        m_last = (self.n_in * up - 1) // down      # last output whose inputs have all arrived
+        m_first = self.n_out
+        if m_last < m_first:
+            return np.zeros(0)
+        t_min = m_first * down
+        first_needed = max(0, (t_min - (L - 1)) // up)
+        s = (first_needed // down) * down          # alignment: s*up must be a multiple of down
+        s = max(s, self.buf_start)
+        if (s - self.buf_start) and s % down:
+            s = self.buf_start
+        e = (m_last * down) // up + 1
+        seg = self.buf[s - self.buf_start : e - self.buf_start]
+        k0 = (t_min - s * up) // down
+        n_new = m_last - m_first + 1
+        y = sps.upfirdn(self.h, seg, up, down)[k0 : k0 + n_new]
+        self.n_out = m_last + 1
+        # keep only the history that future outputs can still touch, aligned to `down`
+        t_next = self.n_out * down
+        keep_from = max(0, (t_next - (L - 1)) // up)
+        keep_from = (keep_from // down) * down
+        if keep_from > self.buf_start:
+            self.buf = self.buf[keep_from - self.buf_start :]
+            self.buf_start = keep_from
+        return y
+
+
+class _RoleState:
+    def __init__(self, role: str, fs_in_hz: float, cfg: PreprocessConfig):
+        if not np.isfinite(fs_in_hz) or fs_in_hz <= 0:
+            raise PreprocessError(f"{role}: sample rate {fs_in_hz!r} Hz is not a positive number; fix the channel header")
+        self.role = role
+        self.fs_in_hz = float(fs_in_hz)
+        self.epoch_s = cfg.epoch_s
+        self.resampler = _Resampler(fs_in_hz, cfg.fs_hz, cfg.resample_half_len)
+        lo, hi = cfg.band(role)
+        nyq = cfg.fs_hz / 2.0
+        if lo is not None and hi is not None:
+            self.sos = sps.butter(cfg.filter_order, [lo / nyq, hi / nyq], btype="bandpass", output="sos")
+        elif lo is not None:
+            self.sos = sps.butter(cfg.filter_order, lo / nyq, btype="highpass", output="sos")
+        elif hi is not None:
+            self.sos = sps.butter(cfg.filter_order, hi / nyq, btype="lowpass", output="sos")
+        else:
+            self.sos = None
+        self.zi = np.zeros((self.sos.shape[0], 2)) if self.sos is not None else None
+        self.out = np.zeros(0)         # filtered 100-Hz samples not yet emitted
+        self.raw = []                  # raw chunks of the input epoch being accumulated
+        self.raw_n = 0
+        self.raw_epoch = 0             # index of the input epoch being accumulated
+        self.n_raw_total = 0
+        self.flags: dict[int, int] = {}
+        self.log_scale: float | None = None
+
+    def epoch_bounds(self, e: int) -> int:
+        """Absolute input sample index where epoch e starts."""
+        return int(round(e * self.epoch_s * self.fs_in_hz))
+
+
+class CausalPreprocessor:
+    """Stateful, causal preprocessing of a multi-role recording, epoch by epoch.
+
+    `push()` accepts chunks of any size for any subset of roles (each at its native rate,
+    in µV, or % for SPO2) and returns every epoch completed by that push.
+    """
+
+    def __init__(self, rates_hz: Mapping[str, float], config: PreprocessConfig | None = None):
+        self.config = config or PreprocessConfig()
+        unknown = [r for r in rates_hz if r not in contract.ROLES]
+        if unknown:
+            raise PreprocessError(f"unknown role(s) {unknown}; expected some of {list(contract.ROLES)}")
+        if not rates_hz:
+            raise PreprocessError("no channels to preprocess: map at least one channel to a role (e.g. --channel EEG=C4-M1)")
+        self.roles: tuple[str, ...] = tuple(r for r in contract.ROLES if r in rates_hz)
+        self._states = {r: _RoleState(r, float(rates_hz[r]), self.config) for r in self.roles}
+        self._decay = 0.5 ** (1.0 / self.config.norm_halflife_epochs)
+        self._next_epoch = 0
+        self._gaps: list[tuple[float, float]] = []
+
+    @property
+    def epochs_emitted(self) -> int:
+        return self._next_epoch
+
+    def mark_gap(self, start_s: float, stop_s: float) -> None:
+        """Flag every epoch overlapping [start_s, stop_s) with Q_GAP (stream dropout, EDF+D gap)."""
+        if stop_s > start_s:
+            self._gaps.append((float(start_s), float(stop_s)))
+
+    def push(self, chunks: Mapping[str, np.ndarray]) -> list[Epoch]:
+        for role, x in chunks.items():
+            st = self._states.get(role)
+            if st is None:
+                raise PreprocessError(
+                    f"role {role!r} was not declared when the preprocessor was built (declared: {list(self.roles)})"
+                )
+            x = np.asarray(x, dtype=np.float64).ravel()
+            if x.size:
+                self._ingest(st, x)
+        return self._emit()
+
+    # -- per role -----------------------------------------------------------------------
+    def _ingest(self, st: _RoleState, x: np.ndarray) -> None:
+        finite = np.isfinite(x)
+        # raw quality per input epoch
+        pos = 0
+        while pos < len(x):
+            end_abs = st.epoch_bounds(st.raw_epoch + 1)
+            take = min(len(x) - pos, end_abs - st.n_raw_total)
+            if take > 0:
+                st.raw.append(x[pos : pos + take])
+                st.raw_n += take
+                st.n_raw_total += take
+                pos += take
+            if st.n_raw_total >= end_abs:
+                raw = np.concatenate(st.raw) if st.raw else np.zeros(0)
+                st.flags[st.raw_epoch] = self._raw_flags(st.role, raw, st.fs_in_hz)
+                st.raw, st.raw_n = [], 0
+                st.raw_epoch += 1
+        clean = np.where(finite, x, 0.0) if not finite.all() else x
+        y = st.resampler.process(clean)
+        if st.sos is not None and len(y):
+            y, st.zi = sps.sosfilt(st.sos, y, zi=st.zi)
+        st.out = np.concatenate([st.out, y]) if len(st.out) else y
+
+    def _raw_flags(self, role: str, raw: np.ndarray, fs_in_hz: float) -> int:
+        cfg = self.config
+        flags = 0
+        if raw.size == 0:
+            return contract.Q_GAP
+        finite = np.isfinite(raw)
+        nan_frac = 1.0 - finite.mean()
+        if nan_frac > 0:
+            flags |= contract.Q_NAN
+        win = max(1, int(round(cfg.flat_window_s * fs_in_hz)))
+        n_win = len(raw) // win
+        flat_frac = 0.0
+        if n_win:
+            w = raw[: n_win * win].reshape(n_win, win)
+            wf = np.where(np.isfinite(w), w, np.nan)
+            with np.errstate(invalid="ignore"):
+                sd = np.nanstd(wf, axis=1) if nan_frac else w.std(axis=1)
+            all_nan = ~np.isfinite(w).any(axis=1)
+            flat = (sd < cfg.floor(role)) & ~all_nan
+            flat_frac = float(flat.mean())
+            if flat_frac >= cfg.flat_fraction:
+                flags |= contract.Q_FLAT
+        rail_frac = 0.0
+        if role != "SPO2" and finite.any():
+            v = raw[finite]
+            hi, lo = v.max(), v.min()
+            if hi > lo:
+                rail_frac = max(np.count_nonzero(v == hi), np.count_nonzero(v == lo)) / len(raw)
+                if rail_frac >= cfg.clip_fraction:
+                    flags |= contract.Q_CLIPPED
+        if flat_frac + nan_frac >= cfg.disconnected_fraction or rail_frac >= 0.5:
+            flags |= contract.Q_DISCONNECTED
+        return flags
+
+    # -- epochs ---------------------------------------------------------------------------
+    def _emit(self) -> list[Epoch]:
+        cfg = self.config
+        n = cfg.epoch_samples
+        out: list[Epoch] = []
+        while True:
+            e = self._next_epoch
+            ready = all(len(st.out) >= n and e in st.flags for st in self._states.values())
+            if not ready:
+                return out
+            data = np.empty((len(self.roles), n), dtype=np.float32)
+            quality = np.zeros(len(self.roles), dtype=np.uint8)
+            onset = e * cfg.epoch_s
+            gap = any(a < onset + cfg.epoch_s and b > onset for a, b in self._gaps)
+            for i, role in enumerate(self.roles):
+                st = self._states[role]
+                seg, st.out = st.out[:n], st.out[n:]
+                q = st.flags.pop(e) | (contract.Q_GAP if gap else 0)
+                data[i] = self._normalise(st, seg, q)
+                quality[i] = q
+            out.append(Epoch(index=e, onset_s=onset, data=data, quality=quality))
+            self._next_epoch += 1
+
+    def _normalise(self, st: _RoleState, seg: np.ndarray, q: int) -> np.ndarray:
+        cfg = self.config
+        if st.role == "SPO2":
+            y = (seg - cfg.spo2_center) / cfg.spo2_scale
+        else:
+            usable = not (q & (contract.Q_FLAT | contract.Q_DISCONNECTED))
+            if usable:
+                mad = np.median(np.abs(seg - np.median(seg))) * 1.4826
+                if mad > 0:
+                    ls = float(np.log(mad))
+                    st.log_scale = ls if st.log_scale is None else self._decay * st.log_scale + (1 - self._decay) * ls
+            scale = np.exp(st.log_scale) if st.log_scale is not None else 1.0
+            y = seg / scale
+        return np.clip(y, -cfg.clip, cfg.clip)
+
+
+def preprocess_arrays(
+    signals: Mapping[str, np.ndarray],
+    rates_hz: Mapping[str, float],
+    config: PreprocessConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Whole recording in one call -> (data (n, R, 3000) float32, quality (n, R) uint8, roles).
+
+    Identical (to float rounding) to pushing the same samples epoch by epoch: tested.
+    A trailing partial epoch is dropped.
+    """
+    pre = CausalPreprocessor(rates_hz, config)
+    epochs = pre.push(signals)
+    return stack_epochs(epochs, len(pre.roles), pre.config.epoch_samples) + (pre.roles,)
+
+
+def stack_epochs(epochs: Sequence[Epoch], n_roles: int, epoch_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    if not epochs:
+        return np.zeros((0, n_roles, epoch_samples), np.float32), np.zeros((0, n_roles), np.uint8)
+    return np.stack([e.data for e in epochs]), np.stack([e.quality for e in epochs])
+
+
+def model_input(
+    data: np.ndarray,
+    quality: np.ndarray,
+    roles: Sequence[str],
+    model_roles: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Arrange preprocessed epochs in the model's modality order with a presence mask.
+
+    data (n, R, S) in `roles` order -> x (n, M, S) float32 in `model_roles` order, present
+    (n, M) float32. A role the recording lacks gets zeros and present 0; an epoch whose
+    channel is disconnected is also presented as absent for that epoch (the model was trained
+    with modality dropout, so it degrades gracefully instead of reading garbage).
+    """
+    n, _, s = data.shape
+    x = np.zeros((n, len(model_roles), s), dtype=np.float32)
+    present = np.zeros((n, len(model_roles)), dtype=np.float32)
+    index = {r: i for i, r in enumerate(roles)}
+    for j, role in enumerate(model_roles):
+        i = index.get(role)
+        if i is None:
+            continue
+        ok = (quality[:, i] & contract.Q_DISCONNECTED) == 0
+        x[:, j] = np.where(ok[:, None], data[:, i], 0.0)
+        present[:, j] = ok
+    return x, present
+
+
+def quality_summary(quality: np.ndarray, roles: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Count epochs per role and flag: {role: {"nan": k, "flat": k, ...}}."""
+    out: dict[str, dict[str, int]] = {}
+    for i, role in enumerate(roles):
+        col = quality[:, i] if quality.size else np.zeros(0, np.uint8)
+        out[role] = {name: int(np.count_nonzero(col & bit)) for name, bit in contract.QUALITY_FLAGS.items()}
+    return out
