@@ -287,10 +287,15 @@ class CausalPreprocessor:
         flat_frac = 0.0
         if n_win:
             w = raw[: n_win * win].reshape(n_win, win)
-            wf = np.where(np.isfinite(w), w, np.nan)
-            with np.errstate(invalid="ignore"):
-                sd = np.nanstd(wf, axis=1) if nan_frac else w.std(axis=1)
-            all_nan = ~np.isfinite(w).any(axis=1)
+            fin = np.isfinite(w)
+            all_nan = ~fin.any(axis=1)
+            if nan_frac:
+                cnt = np.maximum(fin.sum(axis=1), 1)
+                w0 = np.where(fin, w, 0.0)
+                mean = w0.sum(axis=1) / cnt
+                sd = np.sqrt(np.maximum((np.where(fin, w - mean[:, None], 0.0) ** 2).sum(axis=1) / cnt, 0.0))
+            else:
+                sd = w.std(axis=1)
             flat = (sd < cfg.floor(role)) & ~all_nan
             flat_frac = float(flat.mean())
             if flat_frac >= cfg.flat_fraction:
