@@ -1,9 +1,304 @@
-"""CLI commands of this subsystem (owner fills in). Imports nothing heavy at module level."""
+"""`sleepedge score`, `sleepedge stream`, `sleepedge demo`: run a bundle on recordings.
+
+Nothing heavy at module level and NO torch anywhere on this path: the runtime is ONNX Runtime
+(+ TensorRT when present). Outputs for a recording `NIGHT.edf` go to `OUT/NIGHT.sleepedge.<fmt>`
+(the `.sleepedge` infix means an `edf` output can never overwrite the input EDF).
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+DEFAULT_FORMATS = "tsv,edf,json,png"
+OUT_INFIX = ".sleepedge"
+
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle (dir or .zip); default: the embedded tiny model.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Comma list of tsv,csv,edf,json,png.")]
+ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | tensorrt")]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Keep epochs already in OUT's TSV/CSV, write only the rest.")]
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _load_model(model: Path | None):
+    from sleepedge.bundle import default_bundle_path, load_bundle
+    from sleepedge.errors import BundleError
+
+    path = model or default_bundle_path()
+    if model is None and not path.exists():
+        raise BundleError(
+            f"no default model at {path}: the embedded tiny bundle is built by the release step "
+            "(`sleepedge export` writes one); pass --model BUNDLE"
+        )
+    return load_bundle(path)
+
+
+def _out_stem(path: Path, used: set[str]) -> str:
+    stem = f"{path.stem}{OUT_INFIX}"
+    k = 2
+    while stem in used:
+        stem = f"{path.stem}_{k}{OUT_INFIX}"
+        k += 1
+    used.add(stem)
+    return stem
+
+
+def _partial_night(source: str, start, bundle, engine_desc: str):
+    from runtime.scorer import NightResult, manifest_summary
+
+    summary = manifest_summary(bundle)
+
+    def factory(epochs, roles_used=None, missing=(), extra=()):
+        return NightResult(source=source, epochs=list(epochs), start=start, roles_used=dict(roles_used or {}),
+                           missing_roles=list(missing), extra_roles=list(extra), engine=engine_desc,
+                           manifest_summary=summary, notice=bundle.notice if bundle.simulated else "")
+    return factory
+
+
+def _summary_row(name: str, night) -> list[str]:
+    from runtime.sinks import night_report
+
+    rep = night_report(night)
+    st = rep["sleep_stats"]
+    tst = st.get("tst_min")
+    ahi = rep["ahi_estimate"]["value"]
+    pct = rep["stage_percent"]
+    n = rep["n_epochs"]
+    flagged = rep["quality"]["epochs_with_any_flag"]
+    missing = f" (missing {','.join(night.missing_roles)})" if night.missing_roles else ""
+    return [
+        name, str(n), f"{int(tst // 60)}h{int(tst % 60):02d}" if tst is not None else "-",
+        f"{st['se_pct']:.0f}%" if st.get("se_pct") is not None else "-",
+        f"{ahi:.1f}" if ahi is not None else "-",
+        " ".join(f"{k}{v:.0f}" for k, v in pct.items()),
+        f"{flagged}/{n} flagged{missing}",
+    ]
+
+
+def _print_table(rows: list[list[str]], notice: str) -> None:
+    from rich.table import Table
+
+    table = Table(title="sleepedge score", caption=notice or None)
+    for col in ("file", "epochs", "TST", "SE", "AHI est.", "stage %", "quality"):
+        table.add_column(col, no_wrap=True, min_width=12 if col == "file" else None, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    _console(stderr=False).print(table)
+
+
+def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAULT_FORMATS, channel=None,
+                device="auto", threads=1, resume=False, quiet=False) -> int:
+    """Score every recording; returns the number that failed (each reported on one line)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from runtime.scorer import score_recording
+    from runtime.session import make_sessions
+    from runtime.sinks import NightWriter, check_writable, parse_formats
+    from sleepedge.channels import parse_overrides
+    from sleepedge.edf import open_edf
+    from sleepedge.errors import SleepEdgeError
+
+    fmts = parse_formats(formats)
+    overrides = parse_overrides(channel or [])
+    out = check_writable(Path(out))
+    bundle = _load_model(model)
+    engine = make_sessions(bundle, device=device, threads=threads)
+    err = _console()
+    err.print(f"model {bundle.name} ({bundle.source}); {engine.describe()}")
+    notice = bundle.notice if bundle.simulated else ""
+    if notice:
+        err.print(f"[yellow]notice: {notice}[/yellow]")
+    rows, failed, used = [], 0, set()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TimeRemainingColumn(), console=err, disable=quiet, transient=True)
+    with progress:
+        for rec in recordings:
+            rec = Path(rec)
+            writer = None
+            try:
+                with open_edf(rec) as reader:
+                    start = reader.header.start
+                stem = _out_stem(rec, used)
+                writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120, start=start)
+                factory = _partial_night(str(rec), start, bundle, engine.describe())
+                task = progress.add_task(rec.name, total=1.0)
+                night = score_recording(
+                    rec, bundle, overrides, engine,
+                    on_epoch=lambda r: writer.add(r, factory),
+                    on_progress=lambda done, total: progress.update(task, completed=done / total if total else 1.0),
+                )
+                progress.remove_task(task)
+                paths = writer.finish(night)
+                rows.append(_summary_row(rec.name, night))
+                if not quiet:
+                    err.print(f"{rec.name}: {len(night.epochs)} epochs -> {', '.join(str(p) for p in paths.values())}")
+                    if night.missing_roles:
+                        err.print(f"{rec.name}: missing roles {night.missing_roles} (presence mask 0)")
+            except SleepEdgeError as ex:
+                failed += 1
+                saved = writer.saved() if writer is not None else ""
+                if writer is not None:
+                    writer.close()
+                err.print(f"[red]error: {rec}: {ex}[/red]" + (f" (saved: {saved})" if saved else ""), soft_wrap=True)
+    if rows:
+        _print_table(rows, notice)
+    return failed
+
+
+def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epochs=None, quiet=False,
+                  stem="stream.sleepedge") -> int:
+    """Score a live source epoch by epoch, printing and appending each epoch. Returns #epochs."""
+    from runtime.scorer import StreamingScorer
+    from runtime.sinks import NightWriter
+    from sleepedge.errors import SleepEdgeError
+
+    scorer = StreamingScorer(bundle, source.rates_hz, engine)
+    source.select(scorer.pre.roles)
+    for onset, dur in getattr(getattr(source, "header", None), "gaps", []) or []:
+        scorer.mark_gap(onset, onset + dur)
+    notice = bundle.notice if bundle.simulated else ""
+    writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=20, start=source.start)
+    factory = _partial_night(getattr(source, "describe", lambda: "stream")(), source.start, bundle, engine.describe())
+    roles_used = {r: source.labels[r] for r in scorer.pre.roles}
+
+    def night_of(epochs):
+        return factory(epochs, roles_used, scorer.missing_roles, scorer.extra_roles)
+
+    out_console = _console(stderr=False)
+    err = _console()
+    err.print(f"{source.describe()}; {scorer.describe()}; {engine.describe()}")
+    if notice:
+        err.print(f"[yellow]notice: {notice}[/yellow]")
+    if resume and writer.n_existing:
+        err.print(f"resume: {writer.n_existing} epochs already in {out}; re-running the model state up to there")
+        if hasattr(source, "fast_until_s"):
+            source.fast_until_s = writer.n_existing * 30.0
+    complete = True
+    try:
+        for chunk in source:
+            results = scorer.gap(chunk.gap_s) if chunk.gap_s > 0 else []
+            results += scorer.push(chunk.data)
+            for res in results:
+                writer.add(res, night_of)
+                if not quiet and res.index >= writer.n_existing:
+                    p = max(res.probs)
+                    out_console.print(
+                        f"epoch {res.index:5d}  {res.onset_s / 3600:6.3f} h  {res.stage_name:<3} p={p:.2f}  "
+                        f"apnea {res.p_apnea:.2f}  hypopnea {res.p_hypopnea:.2f}  {res.quality_str()}  "
+                        f"{res.latency_ms:.1f} ms", soft_wrap=True)
+                if max_epochs is not None and len(writer.epochs) >= max_epochs:
+                    return len(writer.epochs)
+        return len(writer.epochs)
+    except (SleepEdgeError, KeyboardInterrupt):
+        complete = False
+        raise
+    finally:
+        try:
+            paths = writer.finish(night_of(writer.epochs), complete=complete)
+        finally:
+            writer.close()
+        err.print(f"saved {len(writer.epochs)} epochs: {', '.join(str(p) for p in paths.values() if p.exists())}")
 
 
 def register(app: typer.Typer) -> None:
-    """Attach this module's commands to the main app."""
+    """Attach `score`, `stream` and `demo`."""
+
+    @app.command()
+    def score(
+        recordings: Annotated[list[Path], typer.Argument(help="EDF/EDF+ recordings (one or more).")],
+        model: ModelOpt = None,
+        out: OutOpt = Path("sleepedge-out"),
+        format: FormatOpt = DEFAULT_FORMATS,
+        channel: ChannelOpt = None,
+        device: DeviceOpt = "auto",
+        threads: ThreadsOpt = 1,
+        resume: ResumeOpt = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar / per-file lines.")] = False,
+    ) -> None:
+        """Score whole recordings offline (epoch by epoch with the streaming model state)."""
+        failed = score_files(recordings, model, out, format, channel, device, threads, resume, quiet)
+        if failed:
+            _console().print(f"[red]{failed} of {len(recordings)} recording(s) failed[/red]")
+            raise typer.Exit(1)
+
+    @app.command()
+    def stream(
+        edf: Annotated[Optional[Path], typer.Option("--edf", help="Replay this EDF as a live stream.")] = None,
+        lsl: Annotated[Optional[str], typer.Option("--lsl", help="Lab Streaming Layer stream name.")] = None,
+        speed: Annotated[float, typer.Option("--speed", min=0.0, help="EDF replay speed: 1 real time, N x, 0 as fast as possible.")] = 1.0,
+        model: ModelOpt = None,
+        out: OutOpt = Path("sleepedge-out"),
+        format: FormatOpt = "tsv,edf,json",
+        channel: ChannelOpt = None,
+        device: DeviceOpt = "auto",
+        threads: ThreadsOpt = 1,
+        timeout_s: Annotated[float, typer.Option("--timeout-s", min=0.1, help="LSL: give up after this many seconds without samples.")] = 10.0,
+        chunk_s: Annotated[float, typer.Option("--chunk-s", min=0.01, help="Chunk length pushed to the scorer.")] = 1.0,
+        epochs: Annotated[Optional[int], typer.Option("--epochs", min=1, help="Stop after this many epochs.")] = None,
+        name: Annotated[Optional[str], typer.Option("--name", help="Output file stem (default: EDF stem or LSL name).")] = None,
+        resume: ResumeOpt = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print each epoch.")] = False,
+    ) -> None:
+        """Score a live stream (LSL) or a replayed EDF epoch by epoch; each epoch is printed and
+        appended to the outputs (flushed + fsynced) as it is scored."""
+        from runtime.session import make_sessions
+        from runtime.sinks import check_writable, parse_formats
+        from sleepedge.channels import parse_overrides
+        from sleepedge.errors import StreamError
+
+        if (edf is None) == (lsl is None):
+            raise StreamError("sleepedge stream: give exactly one source, --edf FILE or --lsl NAME")
+        if resume and lsl is not None:
+            raise StreamError("--resume needs a replayable source (--edf); a live LSL stream cannot be re-run to rebuild the model state")
+        fmts = parse_formats(format)
+        overrides = parse_overrides(channel or [])
+        out = check_writable(out)
+        bundle = _load_model(model)
+        engine = make_sessions(bundle, device=device, threads=threads)
+        if edf is not None:
+            from runtime.sources import EDFReplaySource
+
+            source = EDFReplaySource(edf, overrides, speed=speed, chunk_s=chunk_s)
+            stem = (name or edf.stem) + OUT_INFIX
+        else:
+            from runtime.sources import LSLSource
+
+            source = LSLSource(lsl, overrides, timeout_s=timeout_s, chunk_s=chunk_s)
+            stem = (name or lsl) + OUT_INFIX
+        stream_source(bundle, source, out, fmts, engine, resume=resume, max_epochs=epochs, quiet=quiet, stem=stem)
+
+    @app.command()
+    def demo(
+        out: OutOpt = Path("sleepedge-demo"),
+        hours: Annotated[float, typer.Option("--hours", min=0.05, max=12.0, help="Length of the simulated night.")] = 1.0,
+        model: ModelOpt = None,
+        seed: Annotated[int, typer.Option("--seed", help="Simulator seed.")] = 0,
+    ) -> None:
+        """Simulate a short night and score it with the default model (no data needed)."""
+        from runtime.sinks import check_writable
+        from sleepedge.simulate import simulate_night, write_night
+
+        out = check_writable(out)
+        bundle = _load_model(model)  # fail before simulating when there is no model
+        err = _console()
+        t0 = time.perf_counter()
+        night = simulate_night(hours=hours, seed=seed)
+        edf_path = Path(write_night(night, out / "demo-night.edf"))
+        err.print(f"simulated {hours:g} h night -> {edf_path} ({time.perf_counter() - t0:.1f} s)")
+        failed = score_files([edf_path], model, out, "tsv,edf,json,png", None, "auto", 1, False, False)
+        if failed:
+            raise typer.Exit(1)
+        err.print(f"outputs in {out}/ (demo-night{OUT_INFIX}.tsv/.edf/.json/.png)")
+        if bundle.simulated:
+            err.print(f"[yellow]notice: {bundle.notice}[/yellow]")

@@ -1,0 +1,392 @@
+"""Where scored epochs go: TSV, CSV, EDF+ annotations, JSON report, PNG.
+
+Crash safety (a bedside box loses power, a user presses Ctrl-C, the OOM killer fires):
+    TSV / CSV   one line per epoch, appended, flushed and `os.fsync`ed per epoch. After a
+                SIGKILL at any moment the file holds every epoch written before the kill; at
+                most one trailing partial line exists, which readers/`--resume` drop.
+    EDF+ / JSON rewritten whole into a temporary file in the same folder, fsynced, then
+                `os.replace`d over the target every `every` epochs and at the end. The file on
+                disk is therefore always a complete, valid file (from the last rewrite), never a
+                half-written one. EDF+ is annotation-only (`sleepedge.edf.write_edf`): consecutive
+                epochs of one stage become one `Sleep stage X` annotation; estimated apnea /
+                hypopnea runs are annotations too; EDFbrowser opens it (File > Open, annotations).
+    PNG         written once at the end (atomic replace as well).
+
+TSV columns (BIDS-style `_events.tsv` of a hypnogram), one row per 30-s epoch:
+    onset duration stage p_W p_N1 p_N2 p_N3 p_REM p_apnea p_hypopnea quality
+When the model was trained on simulated data the first line is `# <notice>` (readers here and
+pandas' `comment="#"` skip it). CSV has the same columns and comment.
+
+AHI estimate (JSON report): a respiratory "event" is a run of consecutive epochs whose
+p_apnea > 0.5 (apnea) or p_hypopnea > 0.5 (hypopnea), counted only over sleep epochs (predicted
+stage != W); AHI = (apnea runs + hypopnea runs) / TST hours. A 30-s epoch can hold more than one
+real event, so this is a coarse lower-bound style estimate, labelled as such.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sleepedge.contract import EPOCH_S, QUALITY_FLAGS, STAGES
+from sleepedge.errors import OutputError
+
+FORMATS = ("tsv", "csv", "edf", "json", "png")
+COLUMNS = ("onset", "duration", "stage", *(f"p_{s}" for s in STAGES), "p_apnea", "p_hypopnea", "quality")
+EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2",
+                  "N3": "Sleep stage N3", "REM": "Sleep stage R"}
+EVENT_P = 0.5
+
+
+def parse_formats(text: str) -> list[str]:
+    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in FORMATS]
+    if bad or not items:
+        raise OutputError(f"--format {text!r}: unknown {bad or 'empty list'}; expected a comma list of {','.join(FORMATS)}")
+    return list(dict.fromkeys(items))
+
+
+def check_writable(out_dir: Path) -> Path:
+    """Create `out_dir` if needed and prove a file can be written there, before any scoring."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".sleepedge-write-test-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"ok")
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as ex:
+        raise OutputError(f"output folder {out_dir} is not writable ({ex.strerror or ex}); choose another with --out") from None
+    return out_dir
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def epoch_row(res) -> list[str]:
+    return [f"{res.onset_s:.3f}", f"{EPOCH_S:g}", res.stage_name, *(f"{p:.6f}" for p in res.probs),
+            f"{res.p_apnea:.6f}", f"{res.p_hypopnea:.6f}", res.quality_str()]
+
+
+class LineSink:
+    """TSV or CSV: append + flush + fsync per epoch; `resume=True` keeps the complete rows."""
+
+    def __init__(self, path: Path, sep: str, notice: str = "", resume: bool = False):
+        self.path = Path(path)
+        self.sep = sep
+        self.header = sep.join(COLUMNS)
+        self.n_existing = 0
+        prefix = f"# {notice}\n" if notice else ""
+        try:
+            if resume and self.path.exists():
+                self.n_existing = self._keep_complete(prefix)
+                self.fh = open(self.path, "a", encoding="utf-8", newline="")
+            else:
+                self.fh = open(self.path, "w", encoding="utf-8", newline="")
+                self.fh.write(prefix + self.header + "\n")
+                self._sync()
+        except OSError as ex:
+            raise OutputError(f"cannot write {self.path} ({ex.strerror or ex}); check the output folder") from None
+
+    def _keep_complete(self, prefix: str) -> int:
+        raw = self.path.read_bytes().decode("utf-8", errors="replace")
+        lines = raw.split("\n")
+        tail = lines.pop()  # text after the last newline: a partial row (or "")
+        keep, n = [], 0
+        body = [ln for ln in lines if not ln.startswith("#")]
+        if not body or body[0] != self.header:
+            raise OutputError(f"--resume: {self.path} does not start with the expected header; delete it or drop --resume")
+        for ln in lines:
+            if ln.startswith("#") or ln == self.header:
+                keep.append(ln)
+                continue
+            if len(ln.split(self.sep)) != len(COLUMNS):
+                break
+            keep.append(ln)
+            n += 1
+        if tail or len(keep) != len(lines):
+            with open(self.path, "w", encoding="utf-8", newline="") as fh:
+                fh.write("".join(k + "\n" for k in keep))
+                fh.flush()
+                os.fsync(fh.fileno())
+        return n
+
+    def _sync(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def write(self, res) -> None:
+        if res.index < self.n_existing:
+            return  # already on disk from the interrupted run
+        try:
+            self.fh.write(self.sep.join(epoch_row(res)) + "\n")
+            self._sync()
+        except OSError as ex:
+            raise OutputError(f"writing {self.path} failed at epoch {res.index} ({ex.strerror or ex}); "
+                              f"epochs 0..{res.index - 1} are saved there") from None
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self._sync()
+            self.fh.close()
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a TSV/CSV written here (comment lines and a trailing partial row dropped)."""
+    path = Path(path)
+    sep = "\t" if path.suffix == ".tsv" else ","
+    raw = path.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    lines.pop()  # partial tail (or empty)
+    lines = [ln for ln in lines if not ln.startswith("#")]
+    if not lines:
+        return []
+    cols = lines[0].split(sep)
+    return [dict(zip(cols, ln.split(sep))) for ln in lines[1:] if len(ln.split(sep)) == len(cols)]
+
+
+def event_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, length) of each run of True in `flags`."""
+    runs, start = [], None
+    for i, f in enumerate(list(flags) + [False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def _stage_spans(epochs) -> list[tuple[float, float, str]]:
+    spans = []
+    for e in epochs:
+        if spans and spans[-1][2] == e.stage_name and abs(spans[-1][0] + spans[-1][1] - e.onset_s) < 1e-6:
+            spans[-1] = (spans[-1][0], spans[-1][1] + EPOCH_S, e.stage_name)
+        else:
+            spans.append((e.onset_s, EPOCH_S, e.stage_name))
+    return spans
+
+
+def estimated_events(epochs) -> list[tuple[float, float, str]]:
+    """(onset_s, duration_s, kind) for runs of sleep epochs with p > 0.5 (see module doc)."""
+    if not epochs:
+        return []
+    stages = np.array([e.stage for e in epochs])
+    sleep = stages != 0
+    out = []
+    for kind, p in (("apnea", np.array([e.p_apnea for e in epochs])), ("hypopnea", np.array([e.p_hypopnea for e in epochs]))):
+        for start, n in event_runs((p > EVENT_P) & sleep):
+            out.append((epochs[start].onset_s, n * EPOCH_S, kind))
+    return sorted(out)
+
+
+def write_edf_annotations(path: Path, epochs, start=None, notice: str = "") -> Path:
+    from sleepedge.edf import Annotation, write_edf
+
+    anns = []
+    if notice:
+        anns.append(Annotation(0.0, 0.0, notice[:120]))
+    anns += [Annotation(o, d, EDF_STAGE_TEXT[s]) for o, d, s in _stage_spans(epochs)]
+    anns += [Annotation(o, d, f"{k} (estimated)") for o, d, k in estimated_events(epochs)]
+    path = Path(path)
+
+    def _write(tmp):
+        write_edf(tmp, [], annotations=anns, start=start, recording="sleepedge scoring")
+
+    try:
+        _atomic_write(path, _write)
+    except OSError as ex:
+        raise OutputError(f"writing {path} failed ({ex.strerror or ex}); the TSV/CSV beside it hold every scored epoch") from None
+    return path
+
+
+def night_report(night) -> dict:
+    """JSON-able report: statistics, AHI estimate, quality summary, model summary, notice."""
+    from sleepedge.scoring import Hypnogram
+    from sleepedge.stats import sleep_stats
+
+    epochs = night.epochs
+    hyp = Hypnogram(stages=np.array([e.stage for e in epochs], dtype=np.int16), epoch_s=EPOCH_S,
+                    start=night.start, source=night.source)
+    stats = _jsonable(sleep_stats(hyp)) if epochs else {}
+    for key in [k for k in stats if k in ("ahi", "odi", "arousal_index") or (k.startswith("n_") and k != "n_epochs"
+                                                                                and k != "n_awakenings")]:
+        stats.pop(key, None)  # event counts need scored events: the estimate is in ahi_estimate
+    events = estimated_events(epochs)
+    n_sleep = int(sum(e.stage != 0 for e in epochs))
+    tst_h = n_sleep * EPOCH_S / 3600.0
+    n_apnea = sum(1 for *_, k in events if k == "apnea")
+    n_hypop = sum(1 for *_, k in events if k == "hypopnea")
+    quality: dict[str, dict[str, int]] = {}
+    for e in epochs:
+        for role, names in e.quality.items():
+            for name in names:
+                quality.setdefault(role, {}).setdefault(name, 0)
+                quality[role][name] += 1
+    lat = np.array([e.latency_ms for e in epochs]) if epochs else np.zeros(1)
+    stage_pct = {s: (100.0 * float(np.mean([e.stage == i for e in epochs])) if epochs else 0.0) for i, s in enumerate(STAGES)}
+    return {
+        "notice": night.notice,
+        "source": night.source,
+        "start": night.start.isoformat() if night.start else None,
+        "n_epochs": len(epochs),
+        "epoch_s": EPOCH_S,
+        "roles_used": night.roles_used,
+        "missing_roles": night.missing_roles,
+        "ignored_roles": night.extra_roles,
+        "engine": night.engine,
+        "sleep_stats": stats,
+        "stage_percent": stage_pct,
+        "ahi_estimate": {
+            "value": (n_apnea + n_hypop) / tst_h if tst_h > 0 else None,
+            "apnea_runs": n_apnea, "hypopnea_runs": n_hypop, "tst_h": tst_h,
+            "method": "runs of consecutive sleep epochs with p_apnea>0.5 (apnea) or p_hypopnea>0.5 "
+                      "(hypopnea) each count as one event; AHI = events / TST hours (coarse estimate)",
+        },
+        "quality": {"epochs_with_any_flag": int(sum(bool(e.quality) for e in epochs)), "per_role": quality,
+                    "flags": dict(QUALITY_FLAGS)},
+        "latency_ms": {"median": float(np.median(lat)), "p99": float(np.percentile(lat, 99))},
+        "model": night.manifest_summary,
+        "warnings": night.warnings,
+    }
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    return obj
+
+
+def write_json(path: Path, report: dict) -> Path:
+    path = Path(path)
+    text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
+
+    def _write(tmp):
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+    try:
+        _atomic_write(path, _write)
+    except OSError as ex:
+        raise OutputError(f"writing {path} failed ({ex.strerror or ex}); the TSV/CSV beside it hold every scored epoch") from None
+    return path
+
+
+def write_png(path: Path, night) -> Path:
+    """Hypnogram, hypnodensity (stacked probabilities) and apnea/hypopnea probability lines."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    epochs = night.epochs
+    t_h = np.array([e.onset_s for e in epochs]) / 3600.0
+    fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2, 0.8]})
+    ax = axes[0]
+    depth = {0: 0, 4: 1, 1: 2, 2: 3, 3: 4}  # W top, REM, N1, N2, N3 bottom
+    y = np.array([depth[e.stage] for e in epochs])
+    ax.step(t_h, y, where="post", color="k", lw=1)
+    ax.set_yticks(range(5), ["W", "REM", "N1", "N2", "N3"])
+    ax.invert_yaxis()
+    title = f"{Path(night.source).name}: sleepedge hypnogram"
+    if night.notice:
+        title += f"\n{night.notice}"
+    ax.set_title(title, fontsize=9)
+    probs = night.probs.T if epochs else np.zeros((5, 0))
+    axes[1].stackplot(t_h, probs, labels=list(STAGES), step="post")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("p(stage)")
+    axes[1].legend(loc="upper right", fontsize=7, ncol=5)
+    axes[2].plot(t_h, [e.p_apnea for e in epochs], label="p_apnea", lw=0.8)
+    axes[2].plot(t_h, [e.p_hypopnea for e in epochs], label="p_hypopnea", lw=0.8)
+    axes[2].axhline(EVENT_P, color="grey", ls=":", lw=0.6)
+    axes[2].set_ylim(0, 1)
+    axes[2].set_xlabel("time since start (h)")
+    axes[2].legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    except OSError as ex:
+        raise OutputError(f"writing {path} failed ({ex.strerror or ex}); the TSV/CSV beside it hold every scored epoch") from None
+    finally:
+        plt.close(fig)
+    return path
+
+
+class NightWriter:
+    """All requested outputs of one recording under `out_dir/<stem>.*`.
+
+    `add(result)` appends to TSV/CSV at once and rewrites EDF+/JSON every `every` epochs;
+    `finish(night)` writes the final EDF+/JSON/PNG. `resume=True` keeps TSV/CSV rows already
+    on disk (the scorer re-runs from the start so the state is exact, rows are not rewritten).
+    """
+
+    def __init__(self, out_dir: Path, stem: str, formats: Sequence[str], notice: str = "",
+                 resume: bool = False, every: int = 20, start=None):
+        self.out_dir = Path(out_dir)
+        self.formats = list(formats)
+        self.notice = notice
+        self.every = max(1, int(every))
+        self.start = start
+        self.paths = {f: self.out_dir / f"{stem}.{f}" for f in self.formats}
+        self.lines: list[LineSink] = []
+        if "tsv" in self.formats:
+            self.lines.append(LineSink(self.paths["tsv"], "\t", notice, resume))
+        if "csv" in self.formats:
+            self.lines.append(LineSink(self.paths["csv"], ",", notice, resume))
+        self.epochs: list = []
+        self.night = None
+
+    @property
+    def n_existing(self) -> int:
+        return min((s.n_existing for s in self.lines), default=0)
+
+    def add(self, res, night_factory=None) -> None:
+        self.epochs.append(res)
+        for sink in self.lines:
+            sink.write(res)
+        if night_factory is not None and len(self.epochs) % self.every == 0:
+            self._rewrite(night_factory(self.epochs), final=False)
+
+    def _rewrite(self, night, final: bool, png: bool = False) -> None:
+        if "edf" in self.formats:
+            write_edf_annotations(self.paths["edf"], night.epochs, start=night.start or self.start, notice=self.notice)
+        if "json" in self.formats:
+            rep = night_report(night)
+            rep["complete"] = final
+            write_json(self.paths["json"], rep)
+        if png and "png" in self.formats and night.epochs:
+            write_png(self.paths["png"], night)
+
+    def finish(self, night, complete: bool = True) -> dict[str, Path]:
+        self.close()
+        self._rewrite(night, final=complete, png=True)
+        return dict(self.paths)
+
+    def close(self) -> None:
+        for sink in self.lines:
+            sink.close()
+
+    def saved(self) -> str:
+        return ", ".join(str(p) for f, p in self.paths.items() if p.exists())
