@@ -24,11 +24,15 @@ Definitions (all documented here, applied once):
                       transition that returned to sleep.
     AHI               (apneas + hypopneas during sleep) / TST in hours. An event is "during
                       sleep" when the epoch holding its onset is a sleep epoch. Events are
-                      counted, not epochs. None when TST is 0.
+                      counted, not epochs. None when TST is 0, and None when breathing was not
+                      scored: an event list without any apnea, hypopnea or desaturation (a
+                      hypnogram-only file) gives None, not 0; pass `respiratory_scored=True`
+                      when a scored night truly had no event.
     ODI               desaturations during sleep / TST in hours, only when the scoring has
                       desaturation events (None otherwise). A desaturation that carries its
                       drop (`Event.drop_pct`) counts when the drop is >= `odi_drop_pct` (3 %).
-    arousal_index     arousals during sleep / TST in hours (None when TST is 0).
+    arousal_index     arousals during sleep / TST in hours (None when TST is 0 or the scoring
+                      has no arousal event at all).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ def _during_sleep(events: list[Event], kinds: tuple[str, ...], stages: np.ndarra
 
 
 def sleep_stats(hyp: Hypnogram, events: Iterable[Event] = (), *, min_awakening_s: float = 30.0,
-                odi_drop_pct: float = 3.0) -> dict:
+                odi_drop_pct: float = 3.0, respiratory_scored: bool | None = None) -> dict:
     """AASM summary of one night (see the module docstring for every definition).
 
     Returns a flat dict of plain Python numbers (JSON-ready): n_epochs, epoch_s, tib_min,
@@ -126,9 +130,12 @@ def sleep_stats(hyp: Hypnogram, events: Iterable[Event] = (), *, min_awakening_s
     out["n_desaturation"] = (_during_sleep(events, ("desaturation",), stages, hyp.epoch_s, odi_drop_pct)
                              if has_desat else None)
     tst_h = out["tst_min"] / 60.0
-    out["ahi"] = (out["n_apnea"] + out["n_hypopnea"]) / tst_h if tst_h > 0 else None
+    if respiratory_scored is None:
+        respiratory_scored = any(ev.kind in APNEA_KINDS + ("hypopnea", "desaturation") for ev in events)
+    has_arousal = any(ev.kind == "arousal" for ev in events)
+    out["ahi"] = (out["n_apnea"] + out["n_hypopnea"]) / tst_h if respiratory_scored and tst_h > 0 else None
     out["odi"] = out["n_desaturation"] / tst_h if has_desat and tst_h > 0 else None
-    out["arousal_index"] = out["n_arousal"] / tst_h if tst_h > 0 else None
+    out["arousal_index"] = out["n_arousal"] / tst_h if has_arousal and tst_h > 0 else None
     return out
 
 
