@@ -1115,7 +1115,7 @@ def write_edf(path: str | os.PathLike, signals: Sequence[SignalSpec],
     for (pmin_s, pmax_s) in phys:
         pmin, pmax = float(pmin_s), float(pmax_s)
         gains.append((pmin, 65535.0 / (pmax - pmin)))
-    block = max(1, 2_000_000 // record_samples)
+    block = max(1, 500_000 // record_samples)  # ~1 MB of int16 per block
     tmp = path.with_name(path.name + ".part")
     try:
         with open(tmp, "wb") as fh:
@@ -1140,7 +1140,7 @@ def write_edf(path: str | os.PathLike, signals: Sequence[SignalSpec],
                     raw = _tal(frac + r * duration, keeping=True) + b"".join(per_record.get(r, ()))
                     raw = raw.ljust(2 * ann_spr, b"\x00")
                     buf[r - r0, a_off: a_off + ann_spr] = np.frombuffer(raw, dtype="<i2")
-                fh.write(buf.tobytes())
+                fh.write(memoryview(buf).cast("B"))
         os.replace(tmp, path)
     except OSError as err:
         try:
