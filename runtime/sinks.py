@@ -14,8 +14,11 @@ Crash safety (a bedside box loses power, a user presses Ctrl-C, the OOM killer f
 
 TSV columns (BIDS-style `_events.tsv` of a hypnogram), one row per 30-s epoch:
     onset duration stage p_W p_N1 p_N2 p_N3 p_REM p_apnea p_hypopnea quality
-When the model was trained on simulated data the first line is `# <notice>` (readers here and
-pandas' `comment="#"` skip it). CSV has the same columns and comment.
+CSV has the same columns. TSV/CSV stay plain tables (sleepedge.scoring.read_scoring, pandas and
+BIDS tools read them as they are); the simulated-data notice travels in the JSON report
+`<stem>.json`, which is also the BIDS sidecar of `<stem>.tsv` (it holds the column
+descriptions). It is written whenever TSV/CSV are, if the model is simulated, even without
+`json` in the formats, so no output goes without the notice.
 
 AHI estimate (JSON report): a respiratory "event" is a run of consecutive epochs whose
 p_apnea > 0.5 (apnea) or p_hypopnea > 0.5 (hypopnea), counted only over sleep epochs (predicted
@@ -40,6 +43,15 @@ COLUMNS = ("onset", "duration", "stage", *(f"p_{s}" for s in STAGES), "p_apnea",
 EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2",
                   "N3": "Sleep stage N3", "REM": "Sleep stage R"}
 EVENT_P = 0.5
+COLUMN_DOC = {  # BIDS sidecar style descriptions of the TSV/CSV columns
+    "onset": "epoch start, seconds from the recording start",
+    "duration": "epoch length in seconds",
+    "stage": "predicted AASM stage (argmax of p_*): W, N1, N2, N3, REM",
+    **{f"p_{s}": f"model probability of stage {s}" for s in STAGES},
+    "p_apnea": "probability that the epoch holds an apnea",
+    "p_hypopnea": "probability that the epoch holds a hypopnea",
+    "quality": "ok, or ROLE:flag[,flag];... with flags " + ", ".join(QUALITY_FLAGS),
+}
 
 
 def parse_formats(text: str) -> list[str]:
@@ -82,12 +94,12 @@ def epoch_row(res) -> list[str]:
 class LineSink:
     """TSV or CSV: append + flush + fsync per epoch; `resume=True` keeps the complete rows."""
 
-    def __init__(self, path: Path, sep: str, notice: str = "", resume: bool = False):
+    def __init__(self, path: Path, sep: str, resume: bool = False):
         self.path = Path(path)
         self.sep = sep
         self.header = sep.join(COLUMNS)
         self.n_existing = 0
-        prefix = f"# {notice}\n" if notice else ""
+        prefix = ""
         try:
             if resume and self.path.exists():
                 self.n_existing = self._keep_complete(prefix)
@@ -258,6 +270,7 @@ def night_report(night) -> dict:
                     "flags": dict(QUALITY_FLAGS)},
         "latency_ms": {"median": float(np.median(lat)), "p99": float(np.percentile(lat, 99))},
         "model": night.manifest_summary,
+        "columns": COLUMN_DOC,
         "warnings": night.warnings,
     }
 
@@ -352,9 +365,12 @@ class NightWriter:
         self.paths = {f: self.out_dir / f"{stem}.{f}" for f in self.formats}
         self.lines: list[LineSink] = []
         if "tsv" in self.formats:
-            self.lines.append(LineSink(self.paths["tsv"], "\t", notice, resume))
+            self.lines.append(LineSink(self.paths["tsv"], "\t", resume))
         if "csv" in self.formats:
-            self.lines.append(LineSink(self.paths["csv"], ",", notice, resume))
+            self.lines.append(LineSink(self.paths["csv"], ",", resume))
+        if notice and self.lines and "json" not in self.formats:
+            self.formats.append("json")  # the sidecar carries the notice (see module doc)
+            self.paths["json"] = self.out_dir / f"{stem}.json"
         self.epochs: list = []
         self.night = None
 

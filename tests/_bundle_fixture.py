@@ -180,3 +180,27 @@ def build_bundle(out: Path, modalities=("EEG", "EOG", "EMG", "ECG"), seed: int =
         if mutate is not None:
             mutate(man)
         return write_bundle(Path(out), man, {"epoch.onnx": ep, "step.onnx": st})
+
+
+DEFAULT_RATES = {"EEG Fpz-Cz": 100.0, "EOG horizontal": 100.0, "EMG submental": 200.0, "ECG II": 256.0}
+
+
+def write_test_edf(path: Path, minutes: float = 10.0, seed: int = 0, rates=None) -> Path:
+    """A small EDF whose spectra drift slowly (so the fixture model's stages change)."""
+    from sleepedge.edf import SignalSpec, write_edf
+
+    specs = [SignalSpec(label, fs, data) for label, (fs, data) in signals_for(minutes, seed, rates).items()]
+    return write_edf(Path(path), specs)
+
+
+def signals_for(minutes: float = 10.0, seed: int = 0, rates=None) -> dict[str, tuple[float, np.ndarray]]:
+    """label -> (rate, µV samples): noise whose amplitude and dominant frequency drift over minutes."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, (label, fs) in enumerate((rates or DEFAULT_RATES).items()):
+        t = np.arange(int(round(minutes * 60 * fs))) / fs
+        amp = 20 + 15 * np.sin(2 * np.pi * t / (600 + 170 * k) + k)
+        freq = 2 + 8 * (0.5 + 0.5 * np.sin(2 * np.pi * t / (900 + 130 * k)))
+        phase = 2 * np.pi * np.cumsum(freq) / fs
+        out[label] = (fs, rng.normal(0, 1, len(t)) * amp + 40 * np.sin(phase) * (amp / 20))
+    return out
