@@ -74,7 +74,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, metrics: Mapping[str,
         "metrics": _json_check("metrics", dict(metrics) if metrics is not None else {}),
         "provenance": _json_check("provenance", dict(provenance) if provenance is not None else {}),
         "extra": _json_check("extra", dict(extra) if extra is not None else {}),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
     path = Path(path)
     try:
