@@ -91,7 +91,8 @@ def _print_table(rows: list[list[str]], notice: str) -> None:
 
     table = Table(title="sleepedge score", caption=notice or None)
     for col in ("file", "epochs", "TST", "SE", "AHI est.", "stage %", "quality"):
-        table.add_column(col, no_wrap=True, min_width=12 if col == "file" else None, overflow="fold")
+        wide = col in ("file", "stage %", "quality")
+        table.add_column(col, no_wrap=not wide, overflow="fold", min_width=len(col) if not wide else None)
     for row in rows:
         table.add_row(*row)
     _console(stderr=False).print(table)

@@ -1,0 +1,119 @@
+"""`sleepedge score` / `demo` through Typer's CliRunner (and the console entry point)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _bundle_fixture import NOTICE, build_bundle, write_test_edf  # noqa: E402
+
+from sleepedge.cli import app  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("b") / "fixture.sleepedge.zip")
+
+
+@pytest.fixture(scope="module")
+def edfs(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("edf")
+    a = write_test_edf(d / "a.edf", minutes=6, seed=1)
+    b = write_test_edf(d / "b.edf", minutes=4, seed=2,
+                       rates={"C4-M1": 128.0, "E1-M2": 128.0, "Chin EMG": 128.0})
+    bad = d / "bad.edf"
+    bad.write_bytes(b"0       this is not really an EDF header")
+    return [a, b, bad]
+
+
+def test_score_many_nights_one_bad(bundle_dir, edfs, tmp_path):
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["score", *map(str, edfs), "--model", str(bundle_dir), "--out", str(out),
+                            "--format", "tsv,csv,json"])
+    assert r.exit_code == 1, r.output
+    assert "bad.edf" in r.output and "1 of 3 recording(s) failed" in r.output
+    assert NOTICE.split(":")[0] in r.output  # the simulated notice is printed
+    for stem, n in (("a", 12), ("b", 8)):
+        rep = json.loads((out / f"{stem}.sleepedge.json").read_text())
+        assert rep["n_epochs"] == n and rep["notice"] == NOTICE and rep["complete"] is True
+        assert len((out / f"{stem}.sleepedge.tsv").read_text().splitlines()) == n + 1
+    rep_b = json.loads((out / "b.sleepedge.json").read_text())
+    assert rep_b["missing_roles"] == ["ECG"] and rep_b["roles_used"]["EEG"] == "C4-M1"
+    assert not (out / "bad.sleepedge.tsv").exists()
+    # the summary table lists the good files
+    assert "a.edf" in r.output and "b.edf" in r.output and "AHI est." in r.output
+
+
+def test_channel_override_and_bad_override(bundle_dir, edfs, tmp_path):
+    r = runner.invoke(app, ["score", str(edfs[0]), "--model", str(bundle_dir), "--out", str(tmp_path),
+                            "--channel", "EOG=EEG Fpz-Cz", "--format", "json", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "a.sleepedge.json").read_text())["roles_used"]["EOG"] == "EEG Fpz-Cz"
+    r = runner.invoke(app, ["score", str(edfs[0]), "--model", str(bundle_dir), "--out", str(tmp_path),
+                            "--channel", "EEG=C9-M7", "-q"])
+    assert r.exit_code == 1 and "C9-M7" in r.output
+
+
+def test_errors_before_scoring_are_one_line(bundle_dir, edfs, tmp_path):
+    blocker = tmp_path / "f"
+    blocker.write_text("x")
+    cases = [
+        (["--out", str(blocker / "o")], "not writable"),
+        (["--format", "tsv,docx"], "docx"),
+        (["--device", "tensorrt"], "--device tensorrt"),
+        (["--model", str(tmp_path / "nope.zip")], "does not exist"),
+    ]
+    for extra, msg in cases:
+        cmd = [sys.executable, "-m", "sleepedge", "score", str(edfs[0]), "--out", str(tmp_path / "o2")]
+        if "--model" not in extra:
+            cmd += ["--model", str(bundle_dir)]
+        r = subprocess.run(cmd + extra, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, (extra, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], (extra, r.stderr)
+    assert not (tmp_path / "o2" / "a.sleepedge.tsv").exists()
+
+
+def test_missing_default_model_says_how_to_get_one(edfs, tmp_path, monkeypatch):
+    import sleepedge.bundle as sb
+
+    monkeypatch.setattr(sb, "default_bundle_path", lambda: tmp_path / "none.sleepedge")
+    r = runner.invoke(app, ["score", str(edfs[0]), "--out", str(tmp_path)])
+    assert r.exit_code != 0
+    assert "no default model" in str(r.exception) and "--model" in str(r.exception)
+
+
+def test_score_resume_equals_uninterrupted(bundle_dir, edfs, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    for d in (full, part):
+        r = runner.invoke(app, ["score", str(edfs[0]), "--model", str(bundle_dir), "--out", str(d),
+                                "--format", "tsv,csv,json", "-q"])
+        assert r.exit_code == 0
+    tsv = part / "a.sleepedge.tsv"
+    lines = tsv.read_text().splitlines(keepends=True)
+    tsv.write_text("".join(lines[:5]) + lines[5][:17])  # 4 epochs + a partial row
+    r = runner.invoke(app, ["score", str(edfs[0]), "--model", str(bundle_dir), "--out", str(part),
+                            "--format", "tsv,csv,json", "--resume", "-q"])
+    assert r.exit_code == 0, r.output
+    assert tsv.read_text() == (full / "a.sleepedge.tsv").read_text()
+    assert (part / "a.sleepedge.csv").read_text() == (full / "a.sleepedge.csv").read_text()
+
+
+def test_demo_simulates_and_scores(bundle_dir, tmp_path):
+    sim = pytest.importorskip("sleepedge.simulate")
+    if not hasattr(sim, "simulate_night"):
+        pytest.skip("sleepedge.simulate.simulate_night not available yet")
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path), "--hours", "0.25", "--model", str(bundle_dir)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "demo-night.sleepedge.json").read_text())
+    assert rep["n_epochs"] == 30 and rep["notice"] == NOTICE
+    assert (tmp_path / "demo-night.sleepedge.png").exists() and "outputs in" in r.output
