@@ -266,6 +266,9 @@ def _intervals_to_stages(intervals: Sequence[tuple[float, float, int]], epoch_s:
         raise ScoringError(f"{source}: stages run to {end:g} s (> {MAX_SCORING_S / 86400:g} days); "
                            f"the file looks corrupt")
     n = int(math.floor(end / epoch_s + 0.5))  # partial last epoch kept only when >= half an epoch
+    if n == 0:
+        raise ScoringError(f"{source}: the sleep stages cover {end:g} s, less than half a {epoch_s:g}-s epoch; "
+                           f"expected at least one scored epoch")
     stages = np.full(n, IGNORE, dtype=np.int16)
     mids = (np.arange(n) + 0.5) * epoch_s
     for o, d, c in zip(on, du, code):  # later intervals win
@@ -275,7 +278,14 @@ def _intervals_to_stages(intervals: Sequence[tuple[float, float, int]], epoch_s:
     return stages
 
 
-def _decode(data: bytes, source: str) -> str:
+def _decode(data: bytes, source: str, errors: str = "strict") -> str:
+    """Text of a scoring file: UTF-16 (BOM or NUL pattern), UTF-8 (BOM optional), else Latin-1."""
+    if errors != "strict":  # detection on a prefix: a character cut at the end must not fail
+        if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return data.decode("utf-16", errors=errors)
+        if len(data) >= 4 and data[1:4:2] == b"\x00\x00" and data[0:1] != b"\x00":
+            return data.decode("utf-16-le", errors=errors)
+        return data.decode("utf-8-sig", errors=errors)
     try:
         if data.startswith((b"\xff\xfe", b"\xfe\xff")):
             return data.decode("utf-16")
@@ -301,7 +311,7 @@ def _detect(data: bytes, path: Path) -> str:
     source = str(path)
     if data[:8] == b"0       ":
         return "edf"
-    text = _decode(data[:65536], source) if len(data) > 65536 else _decode(data, source)
+    text = _decode(data[:65536], source, errors="replace")
     head = text.lstrip("\ufeff \t\r\n")
     if head.startswith("<"):
         if re.search(r"<\s*CMPStudyConfig\b", head[:65536]):
@@ -541,10 +551,12 @@ def _parse_noxturnal(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
                            f"duration (or end time) columns ('Heure de début,Heure de fin,Événement,Durée')")
     parsed: list[tuple[datetime, float, str, int]] = []
     for r, row in enumerate(rows[1:], start=2):
-        if not row or all(not c.strip() for c in row) or row[i_start].strip().startswith("["):
-            continue  # blank line or the units row "[],[],[],[s],"
+        if not row or all(not c.strip() for c in row):
+            continue  # blank line
         if max(i_start, i_event, i_dur if i_dur is not None else 0, i_end if i_end is not None else 0) >= len(row):
             raise ScoringError(f"{source}: row {r} has {len(row)} fields; expected {len(header)} like the header")
+        if row[i_start].strip().startswith("["):
+            continue  # the units row "[],[],[],[s],"
         t0 = _parse_time(row[i_start], source, r)
         if i_dur is not None and row[i_dur].strip():
             duration = _num(row[i_dur], f"row {r} duration", source)
@@ -660,7 +672,7 @@ def _parse_table(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
 def _parse_json(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
     try:
         doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, deep nesting
         raise ScoringError(f"{source}: invalid JSON ({str(exc)[:80]}); expected a sleepedge hypnogram") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list):
         raise ScoringError(f"{source}: JSON without a 'stages' list; expected the sleepedge hypnogram layout")
