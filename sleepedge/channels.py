@@ -10,7 +10,7 @@ never taken for chin EMG.
 
 Preference order of the primary channel per role (lower rank first, then file order):
     EEG   C4-M1 / C4-A1 / SHHS `EEG` (= C4-A1) > C3-M2 / C3-A2 / SHHS `EEG(sec)`, `EEG 2` >
-          Fpz-Cz (Sleep-EDF) > central referential (C4, C3-Ref, Cz) > other derivations
+          Fpz-Cz (Sleep-EDF) > C4 referential (C4, C4-Ref) > C3 / Cz referential > other derivations
           (F4-M1, O2-M1, Pz-Oz) > other 10-20 sites > anything else starting with `EEG`;
           a reference electrode alone (A1, M2, `EEG A1-Ref`) is not EEG
     EOG   left to mastoid (E1-M2, LOC, EOG(L), EOG horizontal) > bare E1 > right (E2-M1, ROC,
@@ -104,10 +104,11 @@ _RULES: list[tuple[str, int, re.Pattern[str]]] = [
     ("EEG", 0, re.compile(r"^(eeg ?)?c4-?(m1|a1)$|^eeg$|^eeg ?\(?1\)?$")),  # SHHS 'EEG' is C4-A1
     ("EEG", 1, re.compile(r"^(eeg ?)?c3-?(m2|a2)$|^eeg ?\(sec\)$|^eeg ?2$|^eeg sec$")),  # SHHS 'EEG(sec)' is C3-A2
     ("EEG", 2, re.compile(r"^(eeg )?fpz-cz$")),
-    ("EEG", 3, re.compile(r"^(eeg )?c[34z](-" + _REF + r")?$")),
-    ("EEG", 4, re.compile(r"^(eeg )?" + _SITES + r"-(" + _REF + r"|" + _SITES + r")$")),
-    ("EEG", 5, re.compile(r"^(eeg )?" + _SITES + r"$")),
-    ("EEG", 6, re.compile(r"^eeg\b.*")),
+    ("EEG", 3, re.compile(r"^(eeg )?c4(-" + _REF + r")?$")),
+    ("EEG", 4, re.compile(r"^(eeg )?c[3z](-" + _REF + r")?$")),
+    ("EEG", 5, re.compile(r"^(eeg )?" + _SITES + r"-(" + _REF + r"|" + _SITES + r")$")),
+    ("EEG", 6, re.compile(r"^(eeg )?" + _SITES + r"$")),
+    ("EEG", 7, re.compile(r"^eeg\b.*")),
 ]
 
 
@@ -146,8 +147,8 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
                 f"of {', '.join(ROLES)}"
             )
         if role not in ROLES:
-            close = difflib.get_close_matches(role, ROLES, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            close = difflib.get_close_matches(role, ROLES, n=2)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise ChannelError(
                 f"channel override {item!r}: unknown role {role!r}, expected one of "
                 f"{', '.join(ROLES)}{hint}"
