@@ -1,0 +1,355 @@
+"""Fit the simulator's parameters on real recordings and ship them as small files.
+
+Run once (``python -m sleepedge.simulate.calibration [DATA_DIR]``); the package then works
+without ``../shared``. Outputs in ``sleepedge/simulate/params/``:
+
+- ``hypnogram_model.json``  semi-Markov stage model fitted on the 20 Sleep-EDF-20 hypnograms:
+  stage-to-stage transition counts per hour of the night, bout lengths (epochs of 30 s) per
+  stage and third of the night, the initial wake bout lengths. Raw integer counts, so a re-fit
+  compares exactly.
+- ``spectral_model.json``   per-stage distributions of the per-epoch band powers of the 153
+  Sleep-EDF-78 nights: for each channel (Fpz-Cz, Pz-Oz, EOG horizontal) the log relative powers
+  of delta..beta and the per-night z-scored log delta power; mean, within-night covariance,
+  between-night covariance and the lag-1 epoch-to-epoch autocorrelation (AR(1) drift).
+- ``transients.npz``        real waveforms cut out of the YASA tutorial snippets (BSD-3):
+  spindles (N2 EEG, 200 Hz), slow waves (N3 EEG, 100 Hz), REM eye movements (LOC EOG, 256 Hz).
+
+Shapes/units: stage codes 0..4 (W, N1, N2, N3, REM), IGNORE = -100; epochs of 30 s; waveforms
+in µV at their stored rate (``*_fs_hz``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import signal as sps
+
+from sleepedge.contract import EPOCH_S, IGNORE
+from sleepedge.errors import SleepEdgeError
+
+PARAMS_DIR = Path(__file__).resolve().parent / "params"
+HYPNOGRAM_JSON = "hypnogram_model.json"
+SPECTRAL_JSON = "spectral_model.json"
+TRANSIENTS_NPZ = "transients.npz"
+
+#: default location of the real fixtures, relative to the repository root
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+N_HOUR_BINS = 10          # transition matrices per hour since lights-off (last bin: >= 9 h)
+N_THIRDS = 3              # bout-length distributions per third of an 8-h night (0-3, 3-6, >=6 h)
+WAKE_BUFFER_S = 1800.0    # wake kept before sleep onset / after final awakening (as the band-power set)
+BAND_NAMES = ("delta", "theta", "alpha", "sigma", "beta")
+SPECTRAL_CHANNELS = ("Fpz-Cz", "Pz-Oz", "EOG horizontal")
+
+
+class CalibrationError(SleepEdgeError):
+    """Real calibration data missing or unreadable."""
+
+
+def hour_bin(epoch_index: np.ndarray | int, epoch_s: float = EPOCH_S) -> np.ndarray:
+    """Hour-of-night bin (0..N_HOUR_BINS-1) of an epoch index counted from lights-off."""
+    return np.minimum(np.asarray(epoch_index) * epoch_s // 3600, N_HOUR_BINS - 1).astype(int)
+
+
+def third_bin(epoch_index: np.ndarray | int, epoch_s: float = EPOCH_S) -> np.ndarray:
+    """Bout-length bin: 0 for hours 0-3, 1 for 3-6, 2 after 6 h."""
+    return np.minimum(np.asarray(epoch_index) * epoch_s // (3 * 3600), N_THIRDS - 1).astype(int)
+
+
+def crop_to_sleep(stages: np.ndarray, buffer_s: float = WAKE_BUFFER_S, epoch_s: float = EPOCH_S) -> np.ndarray:
+    """Keep ``buffer_s`` of record around the sleep period (first to last non-wake scored epoch)."""
+    stages = np.asarray(stages)
+    sleep = np.flatnonzero((stages >= 1) & (stages <= 4))
+    if sleep.size == 0:
+        return stages[:0]
+    buf = int(round(buffer_s / epoch_s))
+    return stages[max(0, sleep[0] - buf): sleep[-1] + 1 + buf]
+
+
+def bouts(stages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run-length encoding -> (stage, start_epoch, length_epochs), IGNORE runs included."""
+    stages = np.asarray(stages)
+    if stages.size == 0:
+        return (np.zeros(0, int),) * 3
+    change = np.flatnonzero(np.diff(stages)) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [stages.size]]))
+    return stages[starts].astype(int), starts, lengths
+
+
+def _scored(stages: np.ndarray) -> np.ndarray:
+    """Drop unscored/movement epochs (IGNORE), joining the scored neighbours."""
+    stages = np.asarray(stages)
+    return stages[(stages >= 0) & (stages <= 4)]
+
+
+def load_real_hypnograms(directory: Path) -> list[tuple[str, np.ndarray]]:
+    """Read every ``*Hypnogram.edf`` in ``directory`` with the core reader (sorted names)."""
+    from sleepedge.scoring import read_scoring
+
+    files = sorted(Path(directory).glob("*Hypnogram.edf"))
+    if not files:
+        raise CalibrationError(f"{directory}: no *Hypnogram.edf files; point to ../shared/data/sleep-edf-hypnograms-sc20")
+    out = []
+    for f in files:
+        hyp, _ = read_scoring(f)
+        if float(hyp.epoch_s) != EPOCH_S:
+            raise CalibrationError(f"{f}: epochs of {hyp.epoch_s} s; expected {EPOCH_S} s")
+        out.append((f.name, np.asarray(hyp.stages, dtype=int)))
+    return out
+
+
+def fit_hypnogram_model(nights: list[tuple[str, np.ndarray]]) -> dict:
+    """Semi-Markov stage model from (name, stages) pairs. Counts only: deterministic, exact."""
+    trans = np.zeros((N_HOUR_BINS, 5, 5), dtype=int)
+    bout_lengths: list[list[list[int]]] = [[[] for _ in range(5)] for _ in range(N_THIRDS)]
+    initial_wake: list[int] = []
+    n_epochs = []
+    for _, stages in nights:
+        st = _scored(crop_to_sleep(stages))
+        if st.size == 0:
+            continue
+        n_epochs.append(int(st.size))
+        s, start, length = bouts(st)
+        if s[0] == 0:
+            initial_wake.append(int(length[0]))
+        for i in range(len(s)):
+            if i > 0 or s[0] != 0:
+                bout_lengths[int(third_bin(start[i]))][s[i]].append(int(length[i]))
+            if i + 1 < len(s):
+                trans[int(hour_bin(start[i + 1])), s[i], s[i + 1]] += 1
+    return {
+        "model": "semi-markov/1",
+        "epoch_s": EPOCH_S,
+        "stages": ["W", "N1", "N2", "N3", "REM"],
+        "hour_bins": N_HOUR_BINS,
+        "transition_counts": trans.tolist(),        # [hour][from][to], bout changes only
+        "bout_lengths": bout_lengths,               # [third][stage] -> list of epochs
+        "initial_wake_bouts": initial_wake,         # epochs of wake before the first sleep epoch
+        "night_epochs": n_epochs,
+        "provenance": {
+            "files": [name for name, _ in nights],
+            "source": "PhysioNet Sleep-EDF Expanded SC-20 hypnograms (ODC-By 1.0)",
+            "crop": f"{WAKE_BUFFER_S:.0f} s of wake around the sleep period; unscored/movement epochs joined",
+        },
+    }
+
+
+def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict:
+    """Per-stage band-power distributions of the real Sleep-EDF-78 band-power nights."""
+    files = sorted(Path(directory).glob("SC4*-PSG.npz")) if files is None else list(files)
+    if not files:
+        raise CalibrationError(f"{directory}: no SC4*-PSG.npz; point to ../shared/data/sleep-edf-bandpower-78")
+    n_dim = 6 * len(SPECTRAL_CHANNELS)
+    per_stage_x: list[list[np.ndarray]] = [[] for _ in range(5)]
+    night_means: list[list[np.ndarray]] = [[] for _ in range(5)]
+    lag_pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(5)]
+    for f in files:
+        with np.load(f) as d:
+            feats = d["features"].astype(np.float64)
+            labels = d["labels"].astype(int)
+        x = feature_vector(feats)
+        for st in range(5):
+            m = labels == st
+            if m.sum() < 2:
+                continue
+            xs = x[m]
+            per_stage_x[st].append(xs - xs.mean(0))
+            night_means[st].append(xs.mean(0))
+            idx = np.flatnonzero(m)
+            consec = idx[:-1][np.diff(idx) == 1]
+            r = x - xs.mean(0)
+            lag_pairs[st].append((r[consec], r[consec + 1]))
+    stages_out = []
+    for st in range(5):
+        within = np.concatenate(per_stage_x[st])
+        means = np.stack(night_means[st])
+        a = np.concatenate([p[0] for p in lag_pairs[st]])
+        b = np.concatenate([p[1] for p in lag_pairs[st]])
+        rho = float(np.median(np.sum(a * b, 0) / np.sqrt(np.sum(a * a, 0) * np.sum(b * b, 0))))
+        stages_out.append({
+            "n_epochs": int(within.shape[0]), "n_nights": int(means.shape[0]),
+            "mean": np.round(means.mean(0), 6).tolist(),
+            "cov_within": np.round(np.cov(within.T, bias=False), 6).tolist(),
+            "cov_between": np.round(np.cov(means.T), 6).tolist(),
+            "ar1": round(rho, 6),
+        })
+    return {
+        "model": "stage-gaussian-ar1/1",
+        "channels": list(SPECTRAL_CHANNELS),
+        "bands": list(BAND_NAMES),
+        "bands_hz": [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0], [12.0, 16.0], [16.0, 30.0]],
+        "vector": "per channel: ln rel_delta..ln rel_beta, ln total 0.5-30 Hz power in units of the night's signal variance (log_* are ln powers of the per-night z-scored signal); channels concatenated",
+        "n_dim": n_dim,
+        "stages": stages_out,
+        "provenance": {
+            "files": [Path(f).name for f in files],
+            "source": "Sleep-EDF-78 cassette band powers (PhysioNet ODC-By 1.0, via a public MIT repository)",
+        },
+    }
+
+
+def fit_amplitude_anchor(short_psg: Path, spectral: dict) -> dict:
+    """µV scale of each channel's night: the z-scored band powers only give levels relative to
+    the night's signal SD, so anchor it on the real Sleep-EDF wake EEG in ``short_psg.edf``:
+    SD_night = rms(wake, band-passed like the band-power set) / sqrt(mean wake total power)."""
+    from sleepedge.edf import open_edf
+
+    labels = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
+    bands = ((0.5, 30.0), (0.5, 30.0), (0.5, 15.0))
+    out = {}
+    with open_edf(short_psg) as rd:
+        for ci, (lab, band) in enumerate(zip(labels, bands)):
+            fs = rd.header.signal(lab).fs_hz
+            x = rd.read(lab)
+            sos = sps.butter(4, band, btype="band", fs=fs, output="sos")
+            rms = float(np.std(sps.sosfiltfilt(sos, x)))
+            wake_total = float(np.exp(spectral["stages"][0]["mean"][ci * 6 + 5]))
+            out[SPECTRAL_CHANNELS[ci]] = round(rms / np.sqrt(wake_total), 4)
+    return {"night_sd_uv": out, "source": f"{Path(short_psg).name} (300 s of real Sleep-EDF wake)"}
+
+
+def feature_vector(features: np.ndarray) -> np.ndarray:
+    """(n, 3, 10) real band-power features -> (n, 18) model vector (see ``fit_spectral_model``)."""
+    rel = np.clip(features[:, :, 5:10], 1e-6, None)
+    rel = rel / rel.sum(-1, keepdims=True)
+    # log_* are ln band powers of the per-night z-scored signal: ln total power in night-variance units
+    log_total = np.log(np.exp(features[:, :, 0:5].astype(np.float64)).sum(-1, keepdims=True))
+    v = np.concatenate([np.log(rel), log_total], axis=-1)
+    return v.reshape(len(features), -1)
+
+
+def _segments_above(env: np.ndarray, thr: float, min_n: int, max_n: int) -> list[tuple[int, int]]:
+    m = np.concatenate([[False], env > thr, [False]])
+    d = np.diff(m.astype(int))
+    on, off = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return [(a, b) for a, b in zip(on, off) if min_n <= b - a <= max_n]
+
+
+def build_transient_library(snippets: Path) -> dict[str, np.ndarray]:
+    """Cut real transients out of the YASA snippets (BSD-3). Returns arrays for ``transients.npz``."""
+    snippets = Path(snippets)
+    try:
+        sp = np.loadtxt(snippets / "data_N2_spindles_15sec_200Hz.txt")
+        sw = np.loadtxt(snippets / "data_N3_no-spindles_30sec_100Hz.txt")
+        with np.load(snippets / "data_EOGs_REM_256Hz.npz") as d:
+            eog = d["data"].astype(np.float64)
+            eog_fs = float(d["sf"])
+    except OSError as err:
+        raise CalibrationError(f"{snippets}: cannot read the YASA snippets ({err}); point to ../shared/data/yasa-snippets") from None
+    # spindles: 11-16 Hz band, envelope above 3x its median for 0.4-2.5 s
+    fs = 200.0
+    sos = sps.butter(4, [11, 16], btype="band", fs=fs, output="sos")
+    bp = sps.sosfiltfilt(sos, sp)
+    env = np.abs(sps.hilbert(bp))
+    env_s = np.convolve(env, np.ones(20) / 20, mode="same")
+    segs = _segments_above(env_s, 3.0 * np.median(env_s), int(0.4 * fs), int(2.5 * fs))
+    L = int(3.0 * fs)
+    spindles = []
+    for a, b in segs:
+        c = (a + b) // 2
+        seg = bp[max(0, c - L // 2): c - L // 2 + L]
+        if seg.size == L:
+            w = np.zeros(L)
+            half = (b - a) // 2 + int(0.15 * fs)
+            lo, hi = max(0, L // 2 - half), min(L, L // 2 + half)
+            w[lo:hi] = sps.windows.tukey(hi - lo, 0.5)
+            spindles.append(seg * w)
+    # slow waves: 0.3-2 Hz band, negative peaks below -20 uV in the N3 snippet (the snippet is a
+    # low-amplitude N3; amplitudes are re-drawn at use) and below -30 uV in the N2 snippet
+    # (K-complexes, resampled 200 -> 100 Hz); waveforms normalised to unit peak-to-peak
+    fs_sw = 100.0
+    sos = sps.butter(2, [0.3, 2.0], btype="band", fs=fs_sw, output="sos")
+    Lsw = int(3.0 * fs_sw)
+    slow, kcs = [], []
+    for x, height, out in ((sw, 20.0, slow), (sps.resample_poly(sp, 1, 2), 30.0, kcs)):
+        lf = sps.sosfiltfilt(sos, x)
+        neg, _ = sps.find_peaks(-lf, height=height, distance=int(0.8 * fs_sw))
+        for p in neg:
+            a = p - Lsw // 2
+            if a < 0 or a + Lsw > lf.size:
+                continue
+            seg = lf[a:a + Lsw] * sps.windows.tukey(Lsw, 0.6)
+            out.append(seg / np.ptp(seg))
+    # eye movements: LOC 0.3-10 Hz, peaks of |LOC - ROC| > 100 uV (opposite-phase deflections)
+    sos = sps.butter(2, [0.3, 10.0], btype="band", fs=eog_fs, output="sos")
+    loc = sps.sosfiltfilt(sos, eog[0])
+    roc = sps.sosfiltfilt(sos, eog[1])
+    diff = np.abs(loc - roc)
+    peaks, _ = sps.find_peaks(diff, height=100, distance=int(0.5 * eog_fs))
+    Lem = int(1.5 * eog_fs)
+    ems = []
+    for p in peaks:
+        a = p - Lem // 2
+        if a < 0 or a + Lem > loc.size:
+            continue
+        ems.append((loc[a:a + Lem] - loc[a:a + Lem].mean()) * sps.windows.tukey(Lem, 0.5))
+    ems = ems[:: max(1, len(ems) // 60)][:60]
+    if not spindles or not slow or not kcs or not ems:
+        raise CalibrationError(f"{snippets}: transient extraction found spindles={len(spindles)} slow waves={len(slow)} "
+                               f"K-complexes={len(kcs)} eye movements={len(ems)}; expected some of each")
+    return {
+        "spindles": np.asarray(spindles, np.float32), "spindles_fs_hz": np.float32(fs),
+        "slow_waves": np.asarray(slow, np.float32), "slow_waves_fs_hz": np.float32(fs_sw),
+        "k_complexes": np.asarray(kcs, np.float32),
+        "eye_movements": np.asarray(ems, np.float32), "eye_movements_fs_hz": np.float32(eog_fs),
+        "provenance": np.array(
+            "Cut from YASA tutorial data (github.com/raphaelvallat/yasa, BSD-3-Clause): "
+            "data_N2_spindles_15sec_200Hz.txt, data_N3_no-spindles_30sec_100Hz.txt, data_EOGs_REM_256Hz.npz; "
+            "spindles: 11-16 Hz envelope > 3x median for 0.4-2.5 s; slow waves (N3) / K-complexes (N2): 0.3-2 Hz, "
+            "neg. peak < -20 / -30 uV, unit peak-to-peak; "
+            "eye movements: LOC 0.3-10 Hz around |LOC-ROC| peaks > 100 uV"),
+    }
+
+
+def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[str, Path]:
+    """Fit everything from ``data_dir`` (the ``shared/data`` folder) and write ``out_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise CalibrationError(f"{data_dir}: not a folder; pass the shared/data folder with the real fixtures")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    today = _dt.date.today().isoformat()
+    hyp = fit_hypnogram_model(load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20"))
+    hyp["provenance"]["fitted"] = today
+    spec = fit_spectral_model(data_dir / "sleep-edf-bandpower-78")
+    spec["amplitude"] = fit_amplitude_anchor(data_dir / "sleep-edf" / "short_psg.edf", spec)
+    spec["provenance"]["fitted"] = today
+    lib = build_transient_library(data_dir / "yasa-snippets")
+    paths = {
+        "hypnogram": out_dir / HYPNOGRAM_JSON,
+        "spectral": out_dir / SPECTRAL_JSON,
+        "transients": out_dir / TRANSIENTS_NPZ,
+    }
+    paths["hypnogram"].write_text(json.dumps(hyp, separators=(",", ":")) + "\n")
+    paths["spectral"].write_text(json.dumps(spec, separators=(",", ":")) + "\n")
+    np.savez_compressed(paths["transients"], **lib)
+    return paths
+
+
+_CACHE: dict[str, object] = {}
+
+
+def load_params(name: str):
+    """Shipped parameters: ``hypnogram``/``spectral`` (dict) or ``transients`` (dict of arrays)."""
+    if name in _CACHE:
+        return _CACHE[name]
+    fname = {"hypnogram": HYPNOGRAM_JSON, "spectral": SPECTRAL_JSON, "transients": TRANSIENTS_NPZ}[name]
+    path = PARAMS_DIR / fname
+    if not path.is_file():
+        raise CalibrationError(f"{path}: simulator parameters missing; run `python -m sleepedge.simulate.calibration`")
+    if name == "transients":
+        with np.load(path) as d:
+            value = {k: d[k] for k in d.files}
+    else:
+        value = json.loads(path.read_text())
+    _CACHE[name] = value
+    return value
+
+
+if __name__ == "__main__":
+    print(calibrate(Path(sys.argv[1]) if len(sys.argv) > 1 else SHARED_DATA))

@@ -1,0 +1,208 @@
+"""Per-epoch band-power targets and noise shaped to them.
+
+Targets are absolute band powers in µV² per 30-s epoch, shape (n_epochs, n_bands=5) per
+channel, for the bands delta 0.5-4, theta 4-8, alpha 8-12, sigma 12-16, beta 16-30 Hz.
+They come either from a real night (`replay_bandpower`: Sleep-EDF-78 band-power file, the
+epoch-to-epoch structure of a real night) or from the per-stage Gaussian model of all 153
+real nights with an AR(1) epoch-to-epoch drift (`sample_bandpower`).
+
+`shaped_noise` turns targets into a signal: each epoch gets a Gaussian noise segment whose
+PSD is a smooth log-log interpolation through knots at the band centres (a 1/f-like shape
+within and between bands), iterated so that each band integrates to its target; segments
+overlap by ``crossfade_s`` with power-complementary (sin/cos) tapers, so the power changes
+smoothly across epoch boundaries and never steps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import signal as sps
+
+from sleepedge.contract import EPOCH_S, IGNORE
+from sleepedge.simulate.calibration import SPECTRAL_CHANNELS, feature_vector, load_params
+from sleepedge.simulate.hypnogram import SimulationError
+
+BANDS_HZ = np.array([[0.5, 4.0], [4.0, 8.0], [8.0, 12.0], [12.0, 16.0], [16.0, 30.0]])
+_CENTRES = np.sqrt(BANDS_HZ[:, 0] * BANDS_HZ[:, 1])
+
+
+def _model_arrays(model: dict):
+    mean = np.array([s["mean"] for s in model["stages"]])
+    cw = np.array([s["cov_within"] for s in model["stages"]])
+    cb = np.array([s["cov_between"] for s in model["stages"]])
+    ar = np.array([s["ar1"] for s in model["stages"]])
+    return mean, cw, cb, ar
+
+
+def _chol(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(c)
+    return v * np.sqrt(np.clip(w, 0, None))
+
+
+def sample_features(stages: np.ndarray, rng: np.random.Generator, model: dict | None = None) -> np.ndarray:
+    """(n_epochs, 18) model vectors (see calibration.feature_vector) for a stage sequence.
+
+    Per stage: mean + a per-night offset (between-night covariance) + an AR(1) process with the
+    within-night covariance and the fitted lag-1 autocorrelation; the AR state is carried across
+    bouts (standardised innovations), so the drift is continuous through the night. Unscored
+    epochs (IGNORE) use the wake distribution.
+    """
+    model = load_params("spectral") if model is None else model
+    mean, cw, cb, ar = _model_arrays(model)
+    st = np.where((stages >= 0) & (stages <= 4), stages, 0).astype(int)
+    n, d = st.size, mean.shape[1]
+    offsets = np.einsum("sij,sj->si", np.stack([_chol(c) for c in cb]), rng.standard_normal((5, d)))
+    lw = np.stack([_chol(c) for c in cw])
+    e = rng.standard_normal((n, d))
+    z = np.empty((n, d))
+    z[0] = e[0]
+    rho = ar[st]
+    s = np.sqrt(1 - rho**2)
+    for i in range(1, n):  # 1k epochs a night: a short loop over epochs, vectorised over dims
+        z[i] = rho[i] * z[i - 1] + s[i] * e[i]
+    return mean[st] + offsets[st] + np.einsum("nij,nj->ni", lw[st], z)
+
+
+def features_to_bandpower(vec: np.ndarray, night_sd_uv: np.ndarray) -> np.ndarray:
+    """(n, 18) vectors + per-channel night SD (µV, 3) -> (n, 3, 5) absolute band powers in µV²."""
+    v = vec.reshape(len(vec), len(SPECTRAL_CHANNELS), 6)
+    rel = np.exp(v[:, :, :5])
+    rel /= rel.sum(-1, keepdims=True)
+    total = np.exp(v[:, :, 5:6]) * np.asarray(night_sd_uv, float)[None, :, None] ** 2
+    return rel * total
+
+
+def night_scale(rng: np.random.Generator, model: dict | None = None, gain_sd: float = 0.2) -> np.ndarray:
+    """Per-channel night SD in µV: the calibrated anchor times a per-subject log-normal gain."""
+    model = load_params("spectral") if model is None else model
+    anchor = np.array([model["amplitude"]["night_sd_uv"][c] for c in SPECTRAL_CHANNELS])
+    return anchor * np.exp(gain_sd * rng.standard_normal())  # same gain on all channels: one subject
+
+
+def sample_bandpower(stages: np.ndarray, rng: np.random.Generator, model: dict | None = None) -> np.ndarray:
+    """(n_epochs, 3, 5) µV² band-power targets for [Fpz-Cz, Pz-Oz, EOG] from the stage model."""
+    return features_to_bandpower(sample_features(stages, rng, model), night_scale(rng, model))
+
+
+def load_replay(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A real band-power night (``SC4xxxE0-PSG.npz``) -> (stages int16 with IGNORE, (n, 18) vectors)."""
+    path = Path(path)
+    try:
+        with np.load(path) as d:
+            feats = np.asarray(d["features"], dtype=np.float64)
+            labels = np.asarray(d["labels"]).astype(int)
+    except (OSError, ValueError, KeyError) as err:
+        raise SimulationError(f"--spectra {path}: cannot read a band-power night ({err.__class__.__name__}); "
+                              "expected a Sleep-EDF-78 band-power .npz with 'features' (n, 3, 10) and 'labels'") from None
+    if feats.ndim != 3 or feats.shape[1:] != (3, 10) or labels.shape != (feats.shape[0],):
+        raise SimulationError(f"--spectra {path}: features {feats.shape}, labels {labels.shape}; expected (n, 3, 10) and (n,)")
+    labels = np.where((labels >= 0) & (labels <= 4), labels, IGNORE).astype(np.int16)
+    return labels, feature_vector(feats)
+
+
+def _interp_matrix(freqs: np.ndarray) -> np.ndarray:
+    """(len(freqs), 5) weights: log PSD(f) = W @ log knot values; log-log linear between band
+    centres, constant slope continuation outside (low edge flat, high edge power law)."""
+    lf = np.log(np.clip(freqs, 1e-3, None))
+    lc = np.log(_CENTRES)
+    W = np.zeros((freqs.size, 5))
+    idx = np.clip(np.searchsorted(lc, lf) - 1, 0, 3)
+    t = (lf - lc[idx]) / (lc[idx + 1] - lc[idx])
+    t = np.where(lf < lc[0], 0.0, t)            # flat below the delta centre
+    W[np.arange(freqs.size), idx] = 1 - t
+    W[np.arange(freqs.size), idx + 1] = t          # t > 1 above the beta centre: extrapolated slope
+    return W
+
+
+def _shape_factor(freqs: np.ndarray) -> np.ndarray:
+    """Outside 0.5-30 Hz: roll off below 0.3 Hz (no DC drift) and steepen above 30 Hz."""
+    f = np.asarray(freqs, float)
+    lo = 1.0 / (1.0 + (0.3 / np.maximum(f, 1e-3)) ** 4)
+    hi = 1.0 / (1.0 + (f / 35.0) ** 4)
+    return lo * hi
+
+
+def measurement_gain(freqs: np.ndarray, band_hz=(0.5, 30.0), floor: float = 0.3) -> np.ndarray:
+    """|H(f)|² of the zero-phase 4th-order Butterworth band-pass the real band powers were
+    measured after, floored so the compensation never boosts a band more than 1/floor."""
+    sos = sps.butter(4, band_hz, btype="band", fs=100.0, output="sos")
+    _, h = sps.sosfreqz(sos, worN=np.clip(freqs, 0, 49.99), fs=100.0)
+    return np.maximum(np.abs(h) ** 4, floor)  # filtfilt: |H|^2 twice
+
+
+def knot_values(bandpower: np.ndarray, n_iter: int = 6, band_hz=(0.5, 30.0)) -> np.ndarray:
+    """(n, 5) µV² band targets (as measured after the ``band_hz`` band-pass) -> (n, 5) log PSD
+    knot values (µV²/Hz) whose smooth interpolated PSD integrates to each band's target."""
+    grid = np.arange(0.0, 60.0, 0.05) + 0.025
+    W = _interp_matrix(grid)
+    shape = _shape_factor(grid) * measurement_gain(grid, band_hz)
+    B = np.stack([((grid >= lo) & (grid < hi)) * 0.05 for lo, hi in BANDS_HZ])  # (5, n_grid)
+    target = np.maximum(np.asarray(bandpower, float), 1e-6)
+    logv = np.log(target / (BANDS_HZ[:, 1] - BANDS_HZ[:, 0]))
+    for _ in range(n_iter):
+        psd = np.exp(logv @ W.T) * shape
+        got = psd @ B.T
+        logv += np.log(target / got)
+    return logv
+
+
+def shaped_noise(bandpower: np.ndarray, fs_hz: float, rng: np.random.Generator,
+                 epoch_s: float = EPOCH_S, crossfade_s: float = 2.0, band_hz=(0.5, 30.0)) -> np.ndarray:
+    """Gaussian noise (µV) with the given per-epoch band powers: (n_epochs, 5) µV² -> (n_epochs*epoch_s*fs,)."""
+    n_ep = bandpower.shape[0]
+    n = int(round(epoch_s * fs_hz))
+    h = int(round(crossfade_s * fs_hz / 2))
+    L = n + 2 * h
+    freqs = np.fft.rfftfreq(L, 1.0 / fs_hz)
+    logv = knot_values(bandpower, band_hz=band_hz)
+    W = _interp_matrix(freqs)
+    amp = np.sqrt(np.exp(logv @ W.T) * _shape_factor(freqs)[None] * fs_hz * L / 2.0)
+    amp[:, 0] = 0.0
+    spec = (rng.standard_normal((n_ep, freqs.size)) + 1j * rng.standard_normal((n_ep, freqs.size))) * (amp / np.sqrt(2.0))
+    seg = np.fft.irfft(spec, n=L, axis=1)
+    del spec, amp
+    # power-complementary tapers over the 2h overlap: sin^2 + cos^2 = 1
+    ramp = np.sin(0.5 * np.pi * (np.arange(2 * h) + 0.5) / (2 * h)) if h else np.zeros(0)
+    win = np.ones(L)
+    win[: 2 * h] = ramp
+    win[L - 2 * h:] = ramp[::-1]
+    seg *= win
+    if h:
+        seg[0, : 2 * h] /= ramp            # recording edges: no partner segment, keep full power
+        seg[-1, L - 2 * h:] /= ramp[::-1]
+    out = np.zeros(n_ep * n + 2 * h)
+    # overlap-add: body of each segment, then the overlapping tails
+    body = seg[:, 2 * h: L - 2 * h] if L - 4 * h > 0 else seg[:, :0]
+    idx0 = np.arange(n_ep) * n
+    out_view = out[2 * h: 2 * h + n_ep * n].reshape(n_ep, n)
+    out_view[:, : n - 2 * h] += body
+    head = seg[:, : 2 * h]
+    tail = seg[:, L - 2 * h:]
+    for k, part in ((0, head), (n, tail)):
+        if part.shape[1]:
+            pos = idx0[:, None] + k + np.arange(part.shape[1])[None]
+            np.add.at(out, pos.ravel(), part.ravel())
+    return out[h: h + n_ep * n]
+
+
+def epoch_bandpower(x: np.ndarray, fs_hz: float, epoch_s: float = EPOCH_S, band_hz=(0.5, 30.0),
+                    average: str = "median") -> np.ndarray:
+    """Band powers the way the real Sleep-EDF-78 set was computed: band-pass (4th-order
+    Butterworth, zero phase), Welch hamming 4-s, 50 % overlap, median average, at 100 Hz.
+    x: (n_samples,) µV at fs_hz -> (n_epochs, 5) µV² (trapezoid-free rectangle sum, df = 0.25 Hz)."""
+    x = np.asarray(x, float)
+    if fs_hz != 100.0:
+        from fractions import Fraction
+
+        fr = Fraction(100.0 / fs_hz).limit_denominator(1000)
+        x = sps.resample_poly(x, fr.numerator, fr.denominator)
+    sos = sps.butter(4, band_hz, btype="band", fs=100.0, output="sos")
+    x = sps.sosfiltfilt(sos, x)
+    n = int(epoch_s * 100)
+    n_ep = x.size // n
+    f, p = sps.welch(x[: n_ep * n].reshape(n_ep, n), fs=100.0, window="hamming", nperseg=400,
+                     noverlap=200, average=average, axis=-1)
+    df = f[1] - f[0]
+    return np.stack([p[:, (f >= lo) & (f < hi)].sum(1) * df for lo, hi in BANDS_HZ], axis=1)
