@@ -74,6 +74,8 @@ ANNOTATION_LABEL = "EDF Annotations"
 _MAIN_HEADER_BYTES = 256
 _SIGNAL_HEADER_BYTES = 256
 _MAX_SIGNALS = 9999  # 4-character field
+_MAX_FS_HZ = 1e7  # no EDF signal is sampled faster; a higher rate means a corrupt header
+_MAX_READ_SAMPLES = 50_000_000  # 400 MB of float64: beyond this a read of EDF+D gaps is refused
 # field widths of the per-signal header, in file order
 _SIGNAL_FIELDS = (
     ("label", 16), ("transducer", 80), ("unit", 8), ("physical_min", 8), ("physical_max", 8),
@@ -609,6 +611,12 @@ def _signal_infos(layout: _Layout) -> list[SignalInfo]:
             quirks.append(f"physical minimum equals maximum {f['what']}")
         spr = int(layout.spr[i])
         fs = spr / layout.record_duration_s
+        if not (math.isfinite(fs) and fs <= _MAX_FS_HZ):
+            raise EDFError(
+                f"{path}: signal {f['label']!r} has {spr} samples per {layout.record_duration_s:g}-s "
+                f"record = {fs:g} Hz, expected at most {_MAX_FS_HZ:g} Hz; the record duration or "
+                "sample count in the header is corrupt, re-export the recording"
+            )
         infos.append(SignalInfo(
             index=k, label=f["label"], fs_hz=fs, unit=f["unit"],
             n_samples=spr * layout.n_records, physical_min=pmin, physical_max=pmax,
@@ -654,7 +662,10 @@ class EDFReader:
         t0 = float(onsets[0]) if len(onsets) else 0.0
         start = layout.start
         if t0 != 0.0:
-            start = start + timedelta(seconds=t0)
+            try:
+                start = start + timedelta(seconds=t0)
+            except OverflowError:
+                layout.quirks.append(f"first record onset {t0:g} s is out of calendar range (start time kept)")
             onsets = onsets - t0
             for a in annotations:
                 a.onset_s -= t0
@@ -817,6 +828,12 @@ class EDFReader:
             else:
                 out = self._digital_to_physical(info, self._read_contiguous(info, s0, s1))
         else:
+            if s1 - s0 > _MAX_READ_SAMPLES and s1 - s0 > 2 * info.n_samples:
+                raise EDFError(
+                    f"{self.path.name}: reading {info.label!r} from {start_s:g} to {end_s:g} s would "
+                    f"return {s1 - s0} samples, mostly EDF+D gap ({info.n_samples} stored); read a "
+                    "shorter span (start_s/stop_s) or use iter_epochs"
+                )
             out = self._read_discontinuous(info, s0, s1)
         if info.to_uv != 1.0:
             out *= info.to_uv
