@@ -300,8 +300,9 @@ class TSTCCConfig(_Config):
     context_heads: int = 4
     proj_dim: int = 64
     temperature: float = 0.2
-    jitter_scale_ratio: float = 1.1
-    jitter_ratio: float = 0.8
+    weak_scale_sigma: float = 0.1      # weak view: x * s, s ~ N(1, sigma)
+    weak_jitter_sigma: float = 0.05    # ... + N(0, sigma * std(x))
+    strong_jitter_sigma: float = 0.2   # strong view: permute segments, + N(0, sigma * std(x))
     max_segments: int = 8
     lambda_tc: float = 1.0
     lambda_cc: float = 0.7
