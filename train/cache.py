@@ -70,14 +70,14 @@ def _is_edf(p: Path) -> bool:
 
 
 def _looks_simulated(edf: Path) -> bool:
-    """A night written by `sleepedge simulate` has a JSON sidecar with "simulated": true."""
-    for side in (edf.with_suffix(".json"), edf.with_name(edf.stem + ".sim.json")):
-        if side.is_file():
-            try:
-                return bool(json.loads(side.read_text()).get("simulated", False))
-            except (json.JSONDecodeError, OSError, AttributeError):
-                return False
-    return False
+    """A night written by `sleepedge simulate` says SIMULATED in the EDF recording field
+    (header bytes 88-168)."""
+    try:
+        with open(edf, "rb") as f:
+            head = f.read(168)
+    except OSError:
+        return False
+    return b"SIMULATED" in head[88:168].upper()
 
 
 def discover(src: Path) -> tuple[list[Recording], list[tuple[Path, str]]]:
@@ -117,7 +117,10 @@ def discover(src: Path) -> tuple[list[Recording], list[tuple[Path, str]]]:
         if m:
             study = (m.group(1) + m.group(2)).upper()  # SC4 / ST7
             key = study + m.group(3) + m.group(4)
-            recs.append(Recording(rec_id=stem, subject=f"{study}{m.group(3)}", night=int(m.group(4)),
+            # subject = the two digits `ss` for the cassette study (SC4ssN); the telemetry study
+            # (ST7ssN) numbers other people with the same digits, so its ids keep the "ST" prefix
+            subject = m.group(3) if study == "SC4" else f"ST{m.group(3)}"
+            recs.append(Recording(rec_id=stem, subject=subject, night=int(m.group(4)),
                                   psg=p, scoring=sedf_hyp.get(key), layout="sleep-edf"))
             continue
         m = _SHHS.match(stem)
@@ -128,9 +131,7 @@ def discover(src: Path) -> tuple[list[Recording], list[tuple[Path, str]]]:
         # generic / simulated: a scoring file with the same stem
         scoring = None
         for cand in by_stem.get(stem.lower(), []):
-            if cand != p and cand.suffix.lower() in SCORING_SUFFIXES and not cand.name.endswith(".sim.json"):
-                if cand.suffix.lower() == ".json" and _looks_simulated(p):
-                    continue
+            if cand != p and cand.suffix.lower() in SCORING_SUFFIXES:
                 scoring = cand
                 break
         if scoring is None:
@@ -138,13 +139,12 @@ def discover(src: Path) -> tuple[list[Recording], list[tuple[Path, str]]]:
                 for cand in by_stem.get((stem + suffix[:-4]).lower(), []):
                     scoring = cand
         sim = _looks_simulated(p)
-        extra = [s for s in (p.with_suffix(".json"),) if sim and s.is_file() and s != scoring]
         subject, night = stem, 1
-        mn = re.match(r"^(.*?)[-_]?(?:night|n)(\d+)$", stem, re.I)
+        mn = re.match(r"^(.+?)[-_](?:night|n)(\d+)$", stem, re.I)
         if mn and mn.group(1):
             subject, night = mn.group(1), int(mn.group(2))
         recs.append(Recording(rec_id=stem, subject=subject, night=night, psg=p, scoring=scoring,
-                              layout="simulated" if sim else "generic", simulated=sim, extra=extra))
+                              layout="simulated" if sim else "generic", simulated=sim))
     ids = [r.rec_id for r in recs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
@@ -207,7 +207,12 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
     scored = rec.scoring is not None
     n_events = 0
     if scored:
-        hyp, events = read_scoring(rec.scoring)
+        if rec.simulated and rec.scoring.suffix.lower() == ".tsv":
+            from sleepedge.simulate.night import read_truth_tsv  # the sidecar also lists the events
+
+            hyp, events = read_truth_tsv(rec.scoring)
+        else:
+            hyp, events = read_scoring(rec.scoring)
         st = np.asarray(hyp.stages, dtype=np.int16)
         if hyp.epoch_s != EPOCH_S:
             raise CacheError(f"{rec.scoring.name}: scored in {hyp.epoch_s}-s epochs, the cache needs {EPOCH_S:.0f}-s epochs; rescore or convert it")
