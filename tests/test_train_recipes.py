@@ -1,0 +1,112 @@
+"""CI smoke: each recipe for a few seconds on a tiny cache of 3 short simulated nights,
+through the CLI (CliRunner): files written, metrics present and finite, resume works."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sleepedge.cli import app
+
+torch.set_num_threads(1)
+runner = CliRunner()
+HYP = np.array([0, 0, 1, 2, 2, 2, 3, 3, 3, 2, 2, 4, 4, 4, 2, 2, 3, 2, 1, 0], dtype=np.int16)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from sleepedge.simulate import simulate_night, write_night
+
+    root = tmp_path_factory.mktemp("smoke")
+    src = root / "src"
+    src.mkdir()
+    for i in range(3):
+        write_night(simulate_night(seed=10 + i, ahi=30.0, hypnogram=np.roll(HYP, 3 * i), artefacts=False),
+                    src / f"sim{i}.edf")
+    res = runner.invoke(app, ["data", "prepare", str(src), "-o", str(root / "cache")])
+    assert res.exit_code == 0, res.output
+    return root / "cache"
+
+
+def _run(args):
+    res = runner.invoke(app, ["train", *args, "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    return res
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _check_outputs(out, family):
+    from sleepedge.models import load_checkpoint
+
+    for name in ("model.pt", "config.json", "metrics.json", "split.json", "last.pt", "provenance.json"):
+        assert (out / name).is_file(), name
+    model, ck = load_checkpoint(out / "model.pt")          # torch.load(weights_only=True) inside
+    assert type(model).__name__ == family
+    assert ck["provenance"]["simulated"] is True
+    torch.load(out / "last.pt", weights_only=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert _finite(metrics["throughput_epochs_per_s"]) and metrics["throughput_epochs_per_s"] > 0
+    assert all(_finite(h["train_loss"]) for h in metrics["history"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert "recipe" in cfg and "model" in cfg
+    return metrics
+
+
+def test_recipes_end_to_end(cache, tmp_path):
+    uni = tmp_path / "uni"
+    _run(["pretrain-unimodal", "--cache", str(cache), "-o", str(uni), "--modality", "EEG", "--epochs", "1",
+          "--batch-size", "8"])
+    m = _check_outputs(uni, "NeuroNet")
+    assert _finite(m["best_val"])                                   # SSL loss on the validation subject
+
+    mm = tmp_path / "mm"
+    _run(["pretrain-multimodal", "--cache", str(cache), "-o", str(mm), "--unimodal", f"EEG={uni / 'model.pt'}",
+          "--modalities", "EEG", "--modalities", "EOG", "--epochs", "1", "--batch-size", "8"])
+    m = _check_outputs(mm, "SynthSleepNet")
+    assert _finite(m["best_val"])
+
+    pr = tmp_path / "probe"
+    _run(["probe", "--cache", str(cache), "-o", str(pr), "--checkpoint", str(mm / "model.pt"),
+          "--label-fraction", "0.05", "--epochs", "2", "--batch-size", "16"])
+    m = _check_outputs(pr, "SynthSleepNet")
+    assert _finite(m["test"]["accuracy"]) and _finite(m["test"]["kappa"]) and _finite(m["test"]["macro_f1"])
+    # the label fraction is applied: one epoch per (subject, stage) group at 5 % of these tiny nights
+    split = json.loads((pr / "split.json").read_text())
+    from train.cache import Cache
+    c = Cache(cache)
+    groups = {(c.recording(r).subject, int(s)) for r in c.rec_ids(split["train"]) for s in c.recording(r).stages if s >= 0}
+    assert m["test"]["n_train_epochs"] == len(groups) < sum(c.recording(r).n_epochs for r in c.rec_ids(split["train"]))
+
+    ft = tmp_path / "ft"
+    args = ["finetune", "--cache", str(cache), "-o", str(ft), "--checkpoint", str(mm / "model.pt"),
+            "--chunk-len", "8", "--batch-nights", "1", "--batch-size", "1", "--event-loss", "focal"]
+    _run([*args, "--epochs", "1"])
+    m1 = _check_outputs(ft, "SynthSleepNet")
+    for k in ("accuracy", "macro_f1", "kappa"):
+        assert _finite(m1["test"][k])
+    for task in ("apnea", "hypopnea"):
+        assert _finite(m1["test"][task]["balanced_accuracy"])
+    assert "eeg_only" in m1["test"]
+    # resume: continues after pass 0 with the saved optimizer/RNG state
+    res = _run([*args, "--epochs", "2", "--resume"])
+    m2 = json.loads((ft / "metrics.json").read_text())
+    assert [h["epoch"] for h in m2["history"]] == [0, 1]
+    assert m2["history"][0] == m1["history"][0]
+
+
+def test_resume_without_run_and_bad_options(cache, tmp_path):
+    res = runner.invoke(app, ["train", "finetune", "--cache", str(cache), "-o", str(tmp_path / "none"), "--resume",
+                              "--device", "cpu", "--quiet", "--epochs", "1"])
+    assert res.exit_code != 0 and "does not exist" in str(res.exception)
+    res = runner.invoke(app, ["train", "pretrain-unimodal", "--cache", str(cache), "-o", str(tmp_path / "x"),
+                              "--modality", "EEGG", "--quiet"])
+    assert res.exit_code != 0 and "not a role" in str(res.exception)
+    res = runner.invoke(app, ["train", "probe", "--cache", str(cache), "-o", str(tmp_path / "p"), "--quiet",
+                              "--checkpoint", str(tmp_path / "missing.pt")])
+    assert res.exit_code != 0
