@@ -87,21 +87,15 @@ def _call_simulate(hours: float, seed: int, ahi: float, rate_hz: float):
     from sleepedge.simulate import simulate_night
 
     params = inspect.signature(simulate_night).parameters
-    kwargs = {"hours": hours, "seed": seed}
-    if "ahi" in params:
-        kwargs["ahi"] = ahi
-    for name in ("eeg_rate", "eeg_rate_hz", "rate_hz", "fs_hz", "eeg_fs_hz"):
-        if name in params:
-            kwargs[name] = rate_hz
-            break
-    else:
-        raise RuntimeError(f"simulate_night{inspect.signature(simulate_night)} has no rate argument; "
+    if "rates_hz" not in params:
+        raise RuntimeError(f"simulate_night{inspect.signature(simulate_night)} has no rates_hz argument; "
                            "the bench needs nights at 256 Hz")
-    return simulate_night(**kwargs)
+    rates = {role: rate_hz for role in ("EEG", "EOG", "EMG", "ECG")}
+    return simulate_night(hours=hours, seed=seed, ahi=ahi, rates_hz=rates)
 
 
 def _truth_of(night) -> list:
-    for name in ("stages", "hypnogram", "truth"):
+    for name in ("hypnogram", "stages", "truth"):
         v = getattr(night, name, None)
         if v is None and isinstance(night, dict):
             v = night.get(name)
@@ -128,9 +122,7 @@ def make_night(workdir: Path, hours: float, seed: int = 7, ahi: float = 15.0, ra
         log(f"  simulating {hours:g} h night (seed {seed}, AHI {ahi:g}, {rate_hz:g} Hz) -> {path.name}")
         t = time.perf_counter()
         night = _call_simulate(hours, seed, ahi, rate_hz)
-        tmp = path.with_name(path.stem + ".tmp.edf")
-        write_night(night, tmp)
-        tmp.replace(path)
+        write_night(night, path)          # also writes <stem>.tsv (the simulator's truth sidecar)
         write_s = time.perf_counter() - t
         truth_path.write_text(json.dumps({"stages": _truth_of(night), "hours": hours, "seed": seed, "ahi": ahi,
                                           "rate_hz": rate_hz, "simulate_plus_write_s": write_s}))
