@@ -60,6 +60,7 @@ __all__ = [
     "ANNOTATION_LABEL",
     "Annotation",
     "EDFHeader",
+    "EDFClipWarning",
     "EDFQuirkWarning",
     "EDFReader",
     "SignalInfo",
@@ -88,6 +89,10 @@ _MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
 
 class EDFQuirkWarning(UserWarning):
     """A non-conformant EDF was read leniently; the quirk is named in the message."""
+
+
+class EDFClipWarning(UserWarning):
+    """write_edf clipped samples outside a given physical range (as an amplifier saturates)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,6 +422,7 @@ class _Layout:
     patient: str
     recording: str
     quirks: list[str]
+    size_mismatch: bool = False  # the record count was corrected from the file size
 
 
 def _parse_layout(path: Path) -> _Layout:
@@ -591,6 +597,7 @@ def _parse_layout(path: Path) -> _Layout:
         record_samples=record_samples, annotation_indices=annotation_indices,
         ordinary_indices=ordinary_indices, edf_plus=edf_plus, discontinuous=discontinuous,
         start=start, patient=patient, recording=recording, quirks=quirks,
+        size_mismatch=n_records != n_records_claim or data_bytes != n_records * record_bytes,
     )
 
 
@@ -692,7 +699,10 @@ class EDFReader:
         self._pyedf = None
         refusal = None
         if backend in ("auto", "pyedflib") and signals and self._contiguous:
-            refusal = self._try_pyedflib(len(signals))
+            if layout.size_mismatch:  # pyedflib would refuse (and print to stdout from C)
+                refusal = "file size does not match the header"
+            else:
+                refusal = self._try_pyedflib(len(signals))
         if backend == "pyedflib" and self._pyedf is None:
             self.close()
             raise EDFError(f"{self.path}: pyedflib cannot read this file ({refusal or 'discontinuous'}); "
@@ -989,7 +999,10 @@ def write_edf(path: str | os.PathLike, signals: Sequence[SignalSpec],
         integer number of samples per record (1 s for 100/256/3 Hz); annotation-only files
         get one record of duration 0 (the Sleep-EDF hypnogram layout).
     Digital range -32768..32767; physical range from the data (rounded outward to fit 8
-    characters) unless given. Streams record blocks; written to a temporary file and renamed.
+    characters) unless given; samples outside a given range are clipped to it (as an amplifier
+    saturates) with one `EDFClipWarning` naming the count. The last record is padded with the
+    signal's last value. Streams record blocks; written to a temporary file and renamed.
+    Labels/units/patient fields are transliterated to ASCII (µV -> uV, é -> e).
     """
     path = Path(path)
     specs = list(signals)
@@ -1060,6 +1073,14 @@ def write_edf(path: str | os.PathLike, signals: Sequence[SignalSpec],
             hi = cmax if hi is None else max(hi, cmax)
         pmin = lo if s.physical_min is None else float(s.physical_min)
         pmax = hi if s.physical_max is None else float(s.physical_max)
+        if pmin < pmax and (lo < pmin or hi > pmax):
+            n_out = sum(int(np.count_nonzero((a[c0: c0 + (1 << 20)] < pmin) | (a[c0: c0 + (1 << 20)] > pmax)))
+                        for c0 in range(0, len(a), 1 << 20))
+            warnings.warn(
+                f"{path.name}: {n_out} samples of {s.label!r} outside the given physical range "
+                f"[{pmin:g}, {pmax:g}] {s.unit} (data {lo:g}..{hi:g}) are clipped to it",
+                EDFClipWarning, stacklevel=2,
+            )
         if pmin == pmax:
             pmin, pmax = pmin - 1.0, pmax + 1.0
         if not pmin < pmax:

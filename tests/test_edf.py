@@ -244,6 +244,17 @@ def test_record_duration_chosen_for_integer_samples(tmp_path):
         write_edf(tmp_path / "c.edf", [SignalSpec("x", 0.5, np.arange(6.0))], record_duration_s=1.0)
 
 
+def test_writer_clips_to_given_range_with_warning(tmp_path):
+    from sleepedge.edf import EDFClipWarning
+
+    x = np.array([-300.0, -50.0, 0.0, 50.0, 300.0] * 20)
+    with pytest.warns(EDFClipWarning, match="40 samples of 'EEG' outside"):
+        p = write_edf(tmp_path / "c.edf", [SignalSpec("EEG", 100, x, physical_min=-100, physical_max=100)])
+    y = _open_quiet(p).read("EEG")
+    assert y.min() == pytest.approx(-100) and y.max() == pytest.approx(100)
+    np.testing.assert_allclose(y[1:4], [-50, 0, 50], atol=200 / 65535)
+
+
 def test_writer_rejects_bad_signals(tmp_path):
     with pytest.raises(EDFError, match="NaN"):
         write_edf(tmp_path / "x.edf", [SignalSpec("EEG", 100, np.array([0.0, np.nan] * 50))])
