@@ -14,7 +14,8 @@ LSLSource         a Lab Streaming Layer inlet resolved by stream name. Channel l
                   from the stream's `desc/channels/channel/label` when present, else
                   `--channel ROLE=INDEX` maps channel indices (0-based) to roles. A stream that
                   sends nothing for `timeout_s` raises `StreamError` (what was scored is on disk);
-                  a stream whose sender closed ends the iteration normally.
+                  a stream whose sender closed ends the iteration normally (liblsl then
+                  discards samples not yet pulled: at most the last pull interval, < 0.5 s).
                   pylsl reads its config from $LSLAPICFG (tests point it at
                   sleepedge/lsl/lsl_api.cfg: 127.0.0.1 only).
 """
@@ -128,10 +129,12 @@ class LSLSource:
     def __init__(self, name: str, overrides: Mapping[str, str] | None = None, timeout_s: float = 10.0,
                  chunk_s: float = 1.0, resolve_timeout_s: float | None = None, roles=ROLES):
         import pylsl
+        from pylsl.util import LostError, TimeoutError as LSLTimeout
 
         from sleepedge.channels import assign_roles
 
         self.pylsl = pylsl
+        self._lost = (LostError, LSLTimeout)
         self.name = name
         self.timeout_s = float(timeout_s)
         self.chunk_s = float(chunk_s)
@@ -145,8 +148,13 @@ class LSLSource:
             raise StreamError(f"LSL stream {name!r} has an irregular rate (nominal_srate 0); a regularly sampled stream is needed")
         self.fs = fs
         self.inlet = pylsl.StreamInlet(info, max_buflen=360, recover=False,
-                                       processing_flags=pylsl.proc_clocksync | pylsl.proc_dejitter)
-        full = self.inlet.info(timeout=self.timeout_s)
+                                       processing_flags=pylsl.proc_clocksync)  # no dejitter: it would smear gaps
+        try:
+            full = self.inlet.info(timeout=self.timeout_s)
+            self.inlet.open_stream(timeout=self.timeout_s)  # subscribe now: samples from here on are kept
+        except self._lost:
+            raise StreamError(f"LSL stream {name!r} did not accept a connection within {self.timeout_s:g} s; "
+                              "check the sender or raise --timeout-s") from None
         labels = _lsl_labels(full)
         overrides = dict(overrides or {})
         if labels:
@@ -183,7 +191,6 @@ class LSLSource:
         self.rates_hz = {r: self.fs for r in self.index}
 
     def __iter__(self) -> Iterator[Chunk]:
-        pylsl = self.pylsl
         last_ts = None
         last_data = time.monotonic()
         t_signal = 0.0
@@ -193,7 +200,7 @@ class LSLSource:
             while True:
                 try:
                     samples, stamps = self.inlet.pull_chunk(timeout=min(0.5, self.timeout_s), max_samples=max_samples)
-                except pylsl.LostError:
+                except self._lost[0]:
                     return  # the sender closed the stream: a normal end
                 if not stamps:
                     if time.monotonic() - last_data > self.timeout_s:
@@ -219,5 +226,5 @@ class LSLSource:
     def close(self) -> None:
         try:
             self.inlet.close_stream()
-        except (self.pylsl.LostError, RuntimeError):  # closing an already lost inlet
+        except RuntimeError:  # pylsl's LostError/InternalError: closing an already lost inlet
             pass
