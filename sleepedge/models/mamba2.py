@@ -18,7 +18,8 @@ the kernel path and the reference path unchanged):
 TemporalContext: h = z; h = h + Mamba2(RMSNorm(h)) per layer; heads(h) -> stage/apnea/hypopnea.
 
 Three paths, one set of weights:
-    forward (reference)  chunked SSD scan in pure PyTorch (exact; O(T Q) memory)
+    forward (reference)  chunked SSD scan in pure PyTorch (exact; O(T Q) memory);
+                         forward_chunk continues from a carried state (truncated BPTT)
     forward (kernels)    mamba_ssm's `mamba_chunk_scan_combined` (+ causal_conv1d) when
                          importable and the input is on CUDA (training only)
     step                 one epoch, functional (no in-place writes, basic ops: exports to ONNX)
@@ -114,7 +115,7 @@ def ssd_scan(x: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, chunk: in
     # 3. carry states across chunks
     if initial_state is None:
         initial_state = torch.zeros(b, h, p, n, dtype=x.dtype, device=x.device)
-    states = torch.cat([initial_state[:, None], states], dim=1)        # [B, c+1, H, P, Nn]
+    states = torch.cat([initial_state.to(states.dtype)[:, None], states], dim=1)   # [B, c+1, H, P, Nn]
     decay_chunk = torch.exp(segsum(F.pad(A_cum[..., -1], (1, 0))))    # [B, H, c+1, c+1]
     new_states = torch.einsum("bhzc,bchpn->bzhpn", decay_chunk, states)
     states, final = new_states[:, :-1], new_states[:, -1]
@@ -149,30 +150,44 @@ class Mamba2(nn.Module):
         return torch.split(zxbcdt, [cfg.d_inner, cfg.conv_dim, cfg.nheads], dim=-1)
 
     def forward(self, u: Tensor) -> Tensor:
+        """u [B,T,D] -> [B,T,D], from a zero state."""
+        return self.forward_with_state(u)[0]
+
+    def forward_with_state(self, u: Tensor, conv_state: Tensor | None = None,
+                           ssm_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """u [B,T,D] from (conv_state [B,C,W-1], ssm_state [B,H,P,Nn]) (None: zeros) ->
+        (y [B,T,D], conv_state', ssm_state'): a chunk of a longer sequence, exactly as T steps."""
         cfg = self.config
         b, t, _ = u.shape
-        e, h, p, n, g = cfg.d_inner, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups
+        e, h, p, n, g, w = cfg.d_inner, cfg.nheads, cfg.headdim, cfg.d_state, cfg.ngroups, cfg.d_conv
         z, xBC, dt = self._split(self.in_proj(u))
         kernels = self.use_kernels and HAS_MAMBA_KERNELS and u.is_cuda
-        if kernels and causal_conv1d_fn is not None:
+        # conv inputs with the carried-in history in front: [B, C, W-1+T]
+        if conv_state is None:
+            hist = F.pad(xBC.transpose(1, 2), (w - 1, 0))
+        else:
+            hist = torch.cat([conv_state.to(xBC.dtype), xBC.transpose(1, 2)], dim=-1)
+        new_conv = hist[:, :, hist.shape[-1] - (w - 1):]
+        if kernels and causal_conv1d_fn is not None and conv_state is None:
             xBC = causal_conv1d_fn(xBC.transpose(1, 2), self.conv1d.weight[:, 0], self.conv1d.bias,
                                    activation="silu").transpose(1, 2)
         else:
-            xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :t].transpose(1, 2))
+            xBC = F.silu(F.conv1d(hist, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim).transpose(1, 2))
         x, Bm, Cm = torch.split(xBC, [e, g * n, g * n], dim=-1)
         x = x.reshape(b, t, h, p)
         Bm = Bm.reshape(b, t, g, n)
         Cm = Cm.reshape(b, t, g, n)
         if kernels:
             A = -torch.exp(self.A_log.float())
-            y = mamba_chunk_scan_combined(x, dt, A, Bm, Cm, chunk_size=cfg.chunk_size, D=self.D,
-                                          z=None, dt_bias=self.dt_bias, dt_softplus=True)
+            y, new_ssm = mamba_chunk_scan_combined(
+                x, dt, A, Bm, Cm, chunk_size=cfg.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
+                initial_states=ssm_state, dt_softplus=True, return_final_states=True)
         else:
             dts = F.softplus(dt + self.dt_bias)
-            y, _ = ssd_scan(x, dts, -torch.exp(self.A_log), Bm, Cm, cfg.chunk_size)
+            y, new_ssm = ssd_scan(x, dts, -torch.exp(self.A_log), Bm, Cm, cfg.chunk_size, ssm_state)
             y = y + x * self.D[:, None]
         y = self.norm(y.reshape(b, t, e), z)
-        return self.out_proj(y)
+        return self.out_proj(y), new_conv, new_ssm
 
     def step(self, u: Tensor, conv_state: Tensor, ssm_state: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u [B,D], conv_state [B,C,W-1], ssm_state [B,H,P,Nn] -> (y [B,D], conv', ssm').
@@ -244,6 +259,30 @@ class TemporalContext(nn.Module):
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.heads(self.features(z))
+
+    def forward_chunk(self, z: Tensor, state: tuple[Tensor, ...] | None = None
+                      ) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, ...]]:
+        """A chunk of a longer sequence: z [B,L,D] from `state` (None: init_state) ->
+        ((stage [B,L,5], apnea [B,L], hypopnea [B,L]), new_state). Equals L calls of `step`
+        (and `forward` over the concatenated chunks) but runs the chunked scan: use it for
+        truncated BPTT in training (detach the returned state between chunks)."""
+        if z.dim() != 3 or z.shape[-1] != self.config.d_model:
+            raise ModelInputError(
+                f"TemporalContext input z has shape {tuple(z.shape)}; expected [batch, epochs, {self.config.d_model}]"
+            )
+        if state is not None and len(state) != len(self.state_names):
+            raise ModelInputError(
+                f"TemporalContext.forward_chunk got {len(state)} state tensors; expected "
+                f"{len(self.state_names)} ({', '.join(self.state_names)}); start from init_state(batch)"
+            )
+        h = z
+        new_state: list[Tensor] = []
+        for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            conv, ssm = (None, None) if state is None else (state[2 * i], state[2 * i + 1])
+            y, conv, ssm = layer.forward_with_state(norm(h), conv, ssm)
+            h = h + y
+            new_state += [conv, ssm]
+        return self.heads(h), tuple(new_state)
 
     def step(self, z_t: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, ...]]:
         if len(state) != len(self.state_names):
