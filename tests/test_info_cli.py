@@ -139,3 +139,20 @@ def test_info_bad_input_one_line_no_traceback(bad_files):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_info_edf_plus_d_gaps_and_gap_quality(tmp_path):
+    from tests.test_edf import _patch_onsets
+
+    rng = np.random.default_rng(5)
+    p = write_edf(tmp_path / "d.edf", [SignalSpec("C4-M1", 100, rng.normal(0, 30, 100 * 90))])
+    _patch_onsets(p, list(range(30)) + list(range(60, 120)))  # 30-s hole after 30 s
+    info = _json([p])
+    assert info["format"] == "EDF+D" and info["reader"] == "native"
+    assert info["gaps"] == [{"onset_s": 30.0, "duration_s": 30.0}]
+    assert info["duration_s"] == 120.0 and info["quality"]["n_epochs"] == 4
+    assert info["quality"]["roles"]["EEG"]["gap"] == 0.25
+    assert info["quality"]["roles"]["EEG"]["nan"] == 0.25
+    assert any("EDF+D with 1 gap(s)" in w for w in info["warnings"])
+    result = runner.invoke(app, ["info", str(p)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0 and "EDF+D gaps: 1" in result.stdout and "30 s at 30 s" in result.stdout
