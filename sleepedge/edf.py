@@ -1015,6 +1015,9 @@ def write_edf(path: str | os.PathLike, signals: Sequence[SignalSpec],
     labels = [s.label for s in specs]
     if ANNOTATION_LABEL in labels:
         raise EDFError(f"{path}: signal label {ANNOTATION_LABEL!r} is reserved; pass annotations instead")
+    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if dup:
+        raise EDFError(f"{path}: duplicate signal labels {dup}; give every signal a distinct label")
 
     arrays: list[np.ndarray] = []
     for s in specs:

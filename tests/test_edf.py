@@ -232,6 +232,22 @@ def test_annotation_only_hypnogram_readable_by_pyedflib(tmp_path):
     assert len(texts) == 2100 and texts[5] == "Sleep stage 4" and onsets[5] == 150.0
 
 
+def test_annotation_only_with_record_duration(tmp_path):
+    import pyedflib
+
+    anns = [Annotation(0.0, 30.0, "Sleep stage W"), Annotation(95.0, 10.0, "Hypopnea"), Annotation(120.0, 30.0, "Sleep stage 2")]
+    p = write_edf(tmp_path / "a.edf", [], anns, record_duration_s=30.0)
+    h = _open_quiet(p).header
+    assert h.n_records == 5 and h.record_duration_s == 30.0
+    np.testing.assert_array_equal(h.record_onsets_s, [0, 30, 60, 90, 120])
+    assert h.annotations == anns
+    ref = pyedflib.EdfReader(str(p))
+    assert list(ref.readAnnotations()[0]) == [0.0, 95.0, 120.0]
+    ref.close()
+    with pytest.raises(EDFError, match="duplicate signal labels"):
+        write_edf(tmp_path / "d.edf", [SignalSpec("EEG", 100, np.zeros(100)), SignalSpec("EEG", 100, np.zeros(100))])
+
+
 def test_record_duration_chosen_for_integer_samples(tmp_path):
     p = write_edf(tmp_path / "a.edf", [SignalSpec("SpO2", 0.5, np.full(10, 97.0), unit="%"),
                                        SignalSpec("EEG", 100, np.zeros(2000))])
