@@ -110,3 +110,34 @@ def test_resume_without_run_and_bad_options(cache, tmp_path):
     res = runner.invoke(app, ["train", "probe", "--cache", str(cache), "-o", str(tmp_path / "p"), "--quiet",
                               "--checkpoint", str(tmp_path / "missing.pt")])
     assert res.exit_code != 0
+
+
+def test_label_limited_experiment_cli(tmp_path):
+    """`train experiment label-limited`: the methods x N table (markdown + JSON), SIMULATED label,
+    test subjects outside pretraining and fine-tuning."""
+    from sleepedge.contract import ROLES
+    from train.cache import write_arrays
+
+    rng = np.random.default_rng(0)
+    t = np.arange(3000) / 100.0
+    for s in range(6):
+        st = rng.integers(0, 5, 16)
+        x = rng.normal(0, 0.3, (16, len(ROLES), 3000)).astype(np.float32)
+        x[:, 0] += np.sin(2 * np.pi * (1 + 3 * st[:, None]) * t)
+        write_arrays(tmp_path / "cache", f"r{s}", f"s{s}", x, [1, 1, 0, 0, 0, 0], st, simulated=True)
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["train", "experiment", "label-limited", "--cache", str(tmp_path / "cache"), "-o", str(out),
+                              "--n-labelled", "1", "2", "--methods", "clip", "supervised", "--max-minutes", "0.5",
+                              "--pretrain-epochs", "1", "--finetune-epochs", "1", "--batch-size", "16",
+                              "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    md = (out / "label_limited.md").read_text()
+    assert "SIMULATED" in md and "| clip |" in md and "| supervised |" in md and "N=2" in md
+    r = json.loads((out / "label_limited.json").read_text())
+    assert set(r["table"]) == {"clip", "supervised"} and set(r["table"]["clip"]) == {"1", "2"}
+    for meth in r["table"].values():
+        for cell in meth.values():
+            assert 0.0 <= cell["accuracy"] <= 1.0 and _finite(cell["macro_f1"])
+    test = set(r["split"]["test"])
+    assert test and not test & set(r["split"]["pool"]) and not test & set(r["split"]["val"])
+    assert sorted(r["split"]["labelled_order"]) == r["split"]["pool"]
