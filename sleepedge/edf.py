@@ -793,7 +793,10 @@ class EDFReader:
             mm = getattr(self._mm, "_mmap", None)
             self._mm = None
             if mm is not None:
-                mm.close()
+                try:
+                    mm.close()
+                except BufferError:  # a view of the mapping is still alive: the GC unmaps it
+                    pass
 
     def __enter__(self) -> "EDFReader":
         return self
