@@ -124,7 +124,7 @@ def _state_manifest(model: nn.Module) -> dict:
 def export_model(model: nn.Module, ckpt: Mapping, out: Path, *, name: str | None = None,
                  ckpt_path: Path | None = None, opset: int = 18, fp16: bool = False, int8: bool = False,
                  trt: bool = False, tol: float = gate_mod.FP32_TOL, rollout_steps: int = 512,
-                 gate_epochs: int = 120, trt_max_batch: int = 64, progress: Progress | None = None) -> ExportResult:
+                 gate_epochs: int = 240, trt_max_batch: int = 64, progress: Progress | None = None) -> ExportResult:
     """Export a SynthSleepNet to a gated bundle at `out` (dir, or zip when `out` ends in .zip)."""
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()

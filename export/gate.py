@@ -159,9 +159,9 @@ def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0) -> GateData:
     except ImportError:
         simulate_night = None
     if simulate_night is not None:
-        night = simulate_night(n_epochs=n_epochs, seed=seed, roles=roles)
-        raw, rates = night.signals, night.rates_hz
-        source = f"simulated night (sleepedge.simulate.simulate_night, {n_epochs} epochs, seed {seed})"
+        raw, rates = _simulated(simulate_night, roles, n_epochs, seed)
+        source = (f"simulated night (sleepedge.simulate.simulate_night, {n_epochs} epochs, seed {seed}, "
+                  "resampled and preprocessed by preprocess_arrays)")
     if raw is None:
         raw = _synthetic_raw(roles, n_epochs, rng)
         rates = {r: float(FS_HZ) for r in roles}
@@ -172,6 +172,23 @@ def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0) -> GateData:
     if len(x) < 8:
         raise GateError(f"gate data: only {len(x)} epochs after preprocessing; expected >= 8")
     return GateData(x.astype(np.float32), present.astype(np.float32), source)
+
+
+_TO_UV = {"uv": 1.0, "µv": 1.0, "mv": 1e3, "v": 1e6}
+
+
+def _simulated(simulate_night, roles, n_epochs: int, seed: int) -> tuple[dict, dict]:
+    """Role-keyed µV signals of a simulated night (the primary label of each role)."""
+    from sleepedge.channels import assign_roles
+
+    night = simulate_night(hours=n_epochs * 30.0 / 3600.0, seed=seed)
+    rmap = assign_roles(list(night.signals), roles=roles)
+    raw, rates = {}, {}
+    for role, label in rmap.primary.items():
+        unit = str(night.units.get(label, "uV")).lower()
+        raw[role] = np.asarray(night.signals[label], np.float64) * _TO_UV.get(unit, 1.0)
+        rates[role] = float(night.rates_hz[label])
+    return raw, rates
 
 
 def _presence_patterns(present: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ The accuracy cost of each is measured by `export.gate.variant_cost` and stored i
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,57 @@ def to_fp16(src: Path, dst: Path) -> Path:
         out = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     except Exception as err:  # noqa: BLE001 - the converter raises plain exceptions
         raise ExportError(f"--fp16: converting {Path(src).name} failed ({' '.join(str(err).split())[:200]})") from err
-    onnx.save(out, str(dst))
+    # the converter leaves some value_info entries with their old fp32 type; they are optional
+    # annotations, so drop them all and let the checker re-infer every type from scratch
+    del out.graph.value_info[:]
+    onnx.save(toposort(dedupe_nodes(out)), str(dst))
     return Path(dst)
+
+
+def dedupe_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop exact duplicate nodes (same op, inputs, outputs, attributes): the fp16 converter
+    emits the same `*_cast_to_fp32` Cast once per consumer, which breaks SSA form."""
+    seen: dict[str, bytes] = {}
+    keep = []
+    for node in model.graph.node:
+        sig = onnx.NodeProto(op_type=node.op_type, domain=node.domain, input=node.input,
+                             output=node.output, attribute=node.attribute).SerializeToString()
+        clash = [o for o in node.output if o in seen]
+        if clash:
+            if all(seen[o] == sig for o in clash) and len(clash) == len(node.output):
+                continue
+            raise ExportError(f"graph {model.graph.name!r}: value {clash[0]!r} is produced by two different nodes after conversion")
+        for o in node.output:
+            seen[o] = sig
+        keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    return model
+
+
+def toposort(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Order the main graph's nodes topologically (the fp16 converter appends its input casts
+    at the end, which the ONNX checker rightly refuses)."""
+    g = model.graph
+    ready = {i.name for i in g.input} | {t.name for t in g.initializer} | {""}
+    pending = list(g.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            # inputs of subgraphs are not used here (the exported graphs have no control flow)
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            missing = sorted({i for n in rest for i in n.input if i not in ready})[:5]
+            raise ExportError(f"graph {g.name!r} has nodes whose inputs are never produced ({missing}); the conversion broke it")
+        pending = rest
+    del g.node[:]
+    g.node.extend(ordered)
+    return model
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
@@ -88,6 +138,9 @@ def to_int8(src: Path, dst: Path) -> tuple[Path, dict]:
     model, n_gemm = gemm_to_matmul(onnx.load(str(src)))
     staged = Path(dst).with_suffix(".prequant.onnx")
     onnx.save(model, str(staged))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing via root-logger WARNINGs
     try:
         quantize_dynamic(
             staged, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True,
@@ -96,6 +149,7 @@ def to_int8(src: Path, dst: Path) -> tuple[Path, dict]:
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"--int8: quantising {Path(src).name} failed ({' '.join(str(err).split())[:200]})") from err
     finally:
+        root.setLevel(level)
         staged.unlink(missing_ok=True)
     q = onnx.load(str(dst))
     n_int = sum(1 for n in q.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear"))
