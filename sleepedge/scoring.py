@@ -98,7 +98,15 @@ class Hypnogram:
     source: str = ""
 
     def __post_init__(self) -> None:
-        arr = np.asarray(self.stages)
+        try:
+            arr = np.asarray(self.stages)
+            if arr.dtype == object:
+                arr = arr.astype(np.int64)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(arr.dtype)
+        except (OverflowError, ValueError, TypeError):
+            raise ScoringError(f"hypnogram {self.source or '<array>'}: stages are not integer codes 0..4 or "
+                               f"{IGNORE}; map the labels first") from None
         if arr.ndim != 1:
             raise ScoringError(f"hypnogram {self.source or '<array>'}: stages must be 1-D, got shape "
                                f"{arr.shape}; pass one code per epoch")
@@ -681,8 +689,14 @@ def _parse_json(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
         raise ScoringError(f"{source}: epoch_s {epoch_s:g}; expected 1..600 s")
     codes = doc.get("stage_codes")
     if isinstance(codes, list) and len(codes) == len(doc["stages"]):
-        stages = [c if isinstance(c, int) and not isinstance(c, bool) else stage_code(str(c), source)
-                  for c in codes]
+        stages = []
+        for c in codes:
+            if isinstance(c, int) and not isinstance(c, bool):
+                if c not in _STAGE_NAMES_OUT:
+                    raise ScoringError(f"{source}: stage code {str(c)[:20]} is not 0..4 (W..REM) or {IGNORE}")
+                stages.append(c)
+            else:
+                stages.append(stage_code(str(c), source))
     else:
         stages = [stage_code(str(s) if s is not None else "n/a", source) for s in doc["stages"]]
     start = None

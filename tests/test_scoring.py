@@ -385,6 +385,16 @@ def test_hypnogram_validation():
     with pytest.raises(ScoringError, match="kind"):
         Event(0, 10, "snore")
     assert Hypnogram(np.array([0, IGNORE, 4])).stages.dtype == np.int16
+    for bad in ([10**30, 1], ["W"], [[1], [2, 3]], [1.5]):   # found by fuzzing: must not leak numpy errors
+        with pytest.raises(ScoringError):
+            Hypnogram(bad)
+
+
+def test_json_with_huge_stage_code(tmp_path):
+    p = tmp_path / "h.json"
+    p.write_text('{"epoch_s": 30, "stages": ["W", "N1"], "stage_codes": [0, 100000000000000000000000]}')
+    with pytest.raises(ScoringError, match="stage code 1000"):
+        read_scoring(p)
 
 
 # --------------------------------------------------------------------------- overlap rule
