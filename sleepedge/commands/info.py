@@ -93,6 +93,7 @@ def describe_file(path: Path, overrides: list[str] | None = None, quality: bool 
                       "missing": roles.missing, "overridden": roles.overridden},
             "annotations": {
                 "count": len(h.annotations),
+                "span_s": max((a.onset_s + a.duration_s for a in h.annotations), default=0.0),
                 "first": [{"onset_s": a.onset_s, "duration_s": a.duration_s, "text": a.text}
                           for a in h.annotations[:max_annotations]],
             },
@@ -130,6 +131,19 @@ def _print_rich(info: dict[str, Any]) -> None:
                       str(c["n_samples"]), f"{c['physical_min']:g} .. {c['physical_max']:g}")
         console.print(t)
 
+    ann = info["annotations"]
+    if not info["channels"]:
+        console.print(f"no signals: annotation-only EDF+ (a scoring / hypnogram file); annotations span "
+                      f"{_fmt_duration(ann['span_s'])} ({ann['span_s']:g} s)")
+    else:
+        _print_roles(console, info)
+    console.print(f"annotations: {ann['count']}")
+    _print_tail(console, info)
+
+
+def _print_roles(console, info: dict[str, Any]) -> None:
+    from rich.table import Table
+
     q = info.get("quality", {})
     t = Table(title="roles" + (f" (quality over {q.get('n_epochs', 0)} epochs of 30 s)" if q else ""),
               title_justify="left")
@@ -155,8 +169,9 @@ def _print_rich(info: dict[str, Any]) -> None:
         t.add_row(*row)
     console.print(t)
 
+
+def _print_tail(console, info: dict[str, Any]) -> None:
     ann = info["annotations"]
-    console.print(f"annotations: {ann['count']}")
     for a in ann["first"]:
         dur = f" ({a['duration_s']:g} s)" if a["duration_s"] else ""
         console.print(f"  {a['onset_s']:>10.3f} s{dur}  {a['text']}")
