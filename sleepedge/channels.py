@@ -62,7 +62,7 @@ _EXCLUDE = re.compile(
 _REFERENCE_ONLY = re.compile(r"^(eeg )?(a[12]|m[12]|m1m2|a1a2|m1-m2|a1-a2)(-(ref|avg|ave))?$")
 
 _SITES = r"(fp[12z]|af[3478z]|f[1-8z]|fc[1-6z]|ft[78]|c[1-6z]|cp[1-6z]|t[3-9]|t10|tp[78]|p[1-8z]|po[3478z]|o[12z]|iz)"
-_REF = r"(m[12]|a[12]|ref|cz|fz|oz|pz|fpz|avg|ave|le|re|m1m2|a1a2)"
+_REF = r"(m[12]|a[12]|ref|cz|fz|oz|pz|fpz|avg|ave|le|re|m1m2|a1a2|cle|ler|lr)"  # MASS: CLE, LER
 
 # (role, rank, pattern) evaluated in order on the folded label; the first match wins.
 _RULES: list[tuple[str, int, re.Pattern[str]]] = [
@@ -78,15 +78,15 @@ _RULES: list[tuple[str, int, re.Pattern[str]]] = [
     ("EMG", 0, re.compile(r"^(emg )?chin ?1-chin ?2$|^(emg )?chin ?[12]-chin ?[123z]$|^(emg chin|chin emg|emg submental|"
                           r"submental( emg)?|emg sub|emg|emg1-emg2|emg 1-2|chin-emg|emg-chin)$")),
     ("EMG", 1, re.compile(r"^(emg )?chin( ?\d)?(-.*)?$|^(emg )?ment(al)?.*|^emg (chin|sub).*")),
-    ("EMG", 2, re.compile(r"^[12]-[12f]$")),  # Nox A1 chin electrodes 1, 2 and F(ront)
+    ("EMG", 2, re.compile(r"^[12]-[12f]$|^emg ?\d$")),  # Nox A1 chin electrodes 1, 2, F(ront); EMG1
     # --- EOG
     ("EOG", 0, re.compile(r"^(eog )?(e1|loc|l-eog|eogl|eog l|eog\(l\)|eog left|left eog)-(m[12]|a[12]|ref|fpz)$|"
                           r"^(eog )?(loc|l-eog|eogl|eog l|eog\(l\)|eog left|left eog|eog horizontal|heog|eog h)$")),
-    ("EOG", 0, re.compile(r"^eog ?\(?l\)?(-.*)?$|^eog horizontal.*")),
+    ("EOG", 0, re.compile(r"^eog ?\(?l\)?(-.*)?$|^eog horizontal.*|^eog-l$|^leog$|^eog left.*")),
     ("EOG", 1, re.compile(r"^(eog )?e1$")),
     ("EOG", 2, re.compile(r"^(eog )?(e2|roc|r-eog|eogr|eog r|eog\(r\)|eog right|right eog)-(m[12]|a[12]|ref|fpz)$|"
                           r"^(eog )?(roc|r-eog|eogr|eog r|eog\(r\)|eog right|right eog|veog|eog v)$")),
-    ("EOG", 2, re.compile(r"^eog ?\(?r\)?(-.*)?$")),
+    ("EOG", 2, re.compile(r"^eog ?\(?r\)?(-.*)?$|^eog-r$|^reog$|^eog right.*")),
     ("EOG", 3, re.compile(r"^(eog )?e2$")),
     ("EOG", 4, re.compile(r"^eog\b.*|^eog\d.*|^(e[12]|loc|roc)-.*")),
     # --- RESP
@@ -96,19 +96,19 @@ _RULES: list[tuple[str, int, re.Pattern[str]]] = [
     ("RESP", 1, re.compile(r"^(new air|nasal pressure|nasal press|nasal|pressure|cannula|nasal cannula|pflow|"
                            r"pres|resp nasal|nasal flow|ptaf|cflow)( .*)?$")),
     ("RESP", 2, re.compile(r"^(thor|thorax|thoracic|thor res|chest|resp chest|effort tho|effort thor|"
-                           r"rip thora?x?|rip thor|resp thorax|thoracic effort|resp thoracic|thor effort)( .*)?$")),
+                           r"rip thora?x?|rip thor|resp thorax|thoracic effort|resp thoracic|thor effort|resp belt thor)( .*)?$")),
     ("RESP", 3, re.compile(r"^(abdo|abd|abdomen|abdominal|abdo res|resp abdomen|effort abd|rip abdom|rip abdomen|"
-                           r"rip abd|abdominal effort|resp abdominal|abdo effort)( .*)?$")),
+                           r"rip abd|abdominal effort|resp abdominal|abdo effort|resp belt abd|resp belt abdo)( .*)?$")),
     ("RESP", 4, re.compile(r"^(rip flow|rip sum|rip|resp|respiration|resp effort|sum)( .*)?$")),
     # --- EEG
-    ("EEG", 0, re.compile(r"^(eeg ?)?c4-?(m1|a1)$|^eeg$|^eeg ?\(?1\)?$")),  # SHHS 'EEG' is C4-A1
+    ("EEG", 0, re.compile(r"^(eeg ?)?c4-?(m1|a1)$|^eeg$")),  # SHHS 'EEG' is C4-A1
     ("EEG", 1, re.compile(r"^(eeg ?)?c3-?(m2|a2)$|^eeg ?\(sec\)$|^eeg ?2$|^eeg sec$")),  # SHHS 'EEG(sec)' is C3-A2
     ("EEG", 2, re.compile(r"^(eeg )?fpz-cz$")),
     ("EEG", 3, re.compile(r"^(eeg )?c4(-" + _REF + r")?$")),
     ("EEG", 4, re.compile(r"^(eeg )?c[3z](-" + _REF + r")?$")),
     ("EEG", 5, re.compile(r"^(eeg )?" + _SITES + r"-(" + _REF + r"|" + _SITES + r")$")),
     ("EEG", 6, re.compile(r"^(eeg )?" + _SITES + r"$")),
-    ("EEG", 7, re.compile(r"^eeg\b.*")),
+    ("EEG", 7, re.compile(r"^eeg\b.*|^eeg ?\d+$")),  # MESA EEG1..EEG3: derivation unknown here
 ]
 
 

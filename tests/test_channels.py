@@ -29,12 +29,16 @@ EXPECTED = {
     # spelling variants
     "c4:m1": "EEG", "  C3 - M2 ": "EEG", "EEG C4-A1": "EEG", "C3..": "EEG", "eog  left": "EOG",
     "Saturation": "SPO2", "Airflow": "RESP", "Chest": "RESP",
+    # MASS / MESA / ISRUC spellings
+    "EEG C4-CLE": "EEG", "EEG1": "EEG", "EEG3": "EEG", "EOG Left Horiz": "EOG", "EOG-R": "EOG", "LOC-A2": "EOG",
+    "EMG Chin1": "EMG", "ECG ECGI": "ECG", "Resp Belt Thor": "RESP", "Resp Belt Abdo": "RESP", "Pres": "RESP",
+    "SaO2 SaO2": "SPO2", "EMG1": "EMG",
 }
 NOT_A_ROLE = [
     "Event marker", "Temp rectal", "C3 Impédance", "C3 Imp\xe9dance", "C4-M1 (Imp)", "Pulse", "Position",
     "Light", "Activity", "Left Leg", "Right Leg", "LAT", "RAT", "Leg 1", "EMG Leg", "EMG Tib L", "Jambe droite Imp",
     "Heart Rate", "Resp Rate", "Snoring", "X Axis", "PosAngle", "Pulse Waveform", "Abdomen CaL", "RIP Flow Cal",
-    "Voltage (battery", "M1", "A2", "EEG A1-Ref", "Flow Limitation", "", "   ",
+    "Voltage (battery", "M1", "A2", "EEG A1-Ref", "Flow Limitation", "", "   ", "Pleth", "HR", "Snore", "Pos",
 ]
 
 
