@@ -551,3 +551,43 @@ def test_writer_streams_without_a_second_copy(tmp_path):
     step = (r.header.signals[2].physical_max - r.header.signals[2].physical_min) / 65535
     assert np.max(np.abs(got - data[2][360000:360100])) <= step / 2 + 1e-9
     assert math.isclose(r.header.duration_s, 7200.0)
+
+
+# ---------------------------------------------------------------------------- property: round trip
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_texts = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1, max_size=20).map(
+    str.strip).filter(bool)
+
+
+@settings(max_examples=40, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rates=st.lists(st.sampled_from([0.5, 1, 3, 25, 100, 128, 200, 256, 512]), min_size=0, max_size=4),
+       seconds=st.integers(2, 40),
+       anns=st.lists(st.tuples(st.floats(0, 60, allow_nan=False), st.floats(0, 30, allow_nan=False), _texts),
+                     max_size=8),
+       micro=st.integers(0, 999_999), seed=st.integers(0, 2**16), scale=st.sampled_from([1e-4, 1.0, 250.0, 3e4]))
+def test_round_trip_property(tmp_path, rates, seconds, anns, micro, seed, scale):
+    if not rates and not anns:
+        anns = [(0.0, 30.0, "Sleep stage W")]
+    rng = np.random.default_rng(seed)
+    specs = [SignalSpec(f"S{i}", fs, rng.normal(0, scale, int(round(fs * seconds))) + scale)
+             for i, fs in enumerate(rates)]
+    annotations = [Annotation(round(o, 6), round(d, 6), t) for o, d, t in anns]
+    start = datetime(2023, 7, 8, 1, 2, 3, micro)
+    p = write_edf(tmp_path / "p.edf", specs, annotations, start=start)
+    with open_edf(p, backend="native") as r:
+        h = r.header
+        assert h.warnings == []
+        assert h.start == start
+        got = sorted((round(a.onset_s, 6), round(a.duration_s, 6), a.text) for a in h.annotations)
+        want = sorted((a.onset_s, a.duration_s, a.text) for a in annotations)
+        assert [g[2] for g in got] == [w[2] for w in want]
+        np.testing.assert_allclose([g[:2] for g in got], [w[:2] for w in want], atol=2e-6)
+        for spec, s in zip(specs, h.signals):
+            x = r.read(s)
+            step = (s.physical_max - s.physical_min) / 65535
+            assert len(x) >= len(spec.data)
+            assert np.max(np.abs(x[: len(spec.data)] - spec.data)) <= 0.5 * step * (1 + 1e-6) + 1e-12
