@@ -591,3 +591,25 @@ def test_round_trip_property(tmp_path, rates, seconds, anns, micro, seed, scale)
             step = (s.physical_max - s.physical_min) / 65535
             assert len(x) >= len(spec.data)
             assert np.max(np.abs(x[: len(spec.data)] - spec.data)) <= 0.5 * step * (1 + 1e-6) + 1e-12
+
+
+def test_interop_with_edfio_both_ways(tmp_path):
+    """An independent strict EDF+ implementation reads our files, and we read its files."""
+    edfio = pytest.importorskip("edfio")
+    rng = np.random.default_rng(0)
+    eeg = rng.normal(0, 30, 3000)
+    p = write_edf(tmp_path / "a.edf", [SignalSpec("EEG C4-M1", 100, eeg), SignalSpec("SpO2", 3, rng.uniform(90, 99, 90), unit="%")],
+                  [Annotation(1.5, 30, "Sleep stage W"), Annotation(10, 0, "Apnée")],
+                  start=datetime(2020, 1, 2, 3, 4, 5, 500000), recording="SIMULATED")
+    e = edfio.read_edf(p)
+    assert e.starttime.microsecond == 500000 and e.recording.additional == ("SIMULATED",)
+    assert [(s.label, s.sampling_frequency) for s in e.signals] == [("EEG C4-M1", 100.0), ("SpO2", 3.0)]
+    assert [(a.onset, a.text) for a in e.annotations] == [(1.5, "Sleep stage W"), (10.0, "Apnée")]
+    np.testing.assert_array_equal(e.signals[0].data, _open_quiet(p).read(0))
+    hyp = edfio.read_edf(write_edf(tmp_path / "h.edf", [], [Annotation(0, 30, "Sleep stage W")]))
+    assert [(a.onset, a.duration, a.text) for a in hyp.annotations] == [(0.0, 30.0, "Sleep stage W")]
+    sig = edfio.EdfSignal(rng.normal(0, 10, 2560), sampling_frequency=256, label="EEG Fpz-Cz", physical_dimension="uV")
+    edfio.Edf([sig], annotations=[edfio.EdfAnnotation(1.0, 2.0, "x y")]).write(tmp_path / "e.edf")
+    with open_edf(tmp_path / "e.edf") as r:
+        assert r.header.warnings == [] and r.header.annotations == [Annotation(1.0, 2.0, "x y")]
+        np.testing.assert_allclose(r.read("EEG Fpz-Cz"), sig.data, atol=1e-9)
