@@ -342,7 +342,8 @@ class CausalPreprocessor:
         else:
             usable = not (q & (contract.Q_FLAT | contract.Q_DISCONNECTED))
             if usable:
-                mad = np.median(np.abs(seg - np.median(seg))) * 1.4826
+                sub = seg[::4]  # 25-Hz subsample: the same robust scale at a quarter of the cost
+                mad = np.median(np.abs(sub - np.median(sub))) * 1.4826
                 if mad > 0:
                     ls = float(np.log(mad))
                     st.log_scale = ls if st.log_scale is None else self._decay * st.log_scale + (1 - self._decay) * ls
