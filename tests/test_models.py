@@ -109,9 +109,13 @@ def test_parameter_budgets():
     assert counts[("tiny", 6)] <= 4_000_000
     # paper: one 768-d 4-layer encoder alone is > 28 M (12 d^2 per layer)
     assert counts[("paper", 4)] > 4 * 12 * 768 ** 2 * 4
-    # each extra role adds one encoder + projection + decoder + contrastive head: linear in M
-    per_role_tiny = (counts[("tiny", 6)] - counts[("tiny", 4)]) / 2
-    assert counts[("tiny", 4)] - 4 * per_role_tiny > 0
+    # modalities are configuration: each extra role adds exactly one encoder, projection,
+    # decoder, contrastive head and modality-embedding row
+    with torch.device("meta"):
+        m = SynthSleepNet(preset("tiny"))
+    one = sum(sum(p.numel() for p in getattr(m, part)["EEG"].parameters())
+              for part in ("encoders", "proj", "decoders", "modality_proj")) + m.config.d_embed
+    assert counts[("tiny", 6)] - counts[("tiny", 4)] == 2 * one
 
 
 # ---- NeuroNet ----------------------------------------------------------------------------

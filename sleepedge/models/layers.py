@@ -77,8 +77,11 @@ class Attention(nn.Module):
         def heads(t: Tensor) -> Tensor:  # [B, L, d] -> [B, H, L, d/H]
             return t.reshape(b, L, h, d // h).transpose(1, 2)
 
+        q = heads(self.q(x))
+        if bias is not None and bias.dtype != q.dtype:   # autocast: q may be bf16/fp16
+            bias = bias.to(q.dtype)
         y = F.scaled_dot_product_attention(
-            heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), attn_mask=bias,
+            q, heads(self.k(x)), heads(self.v(x)), attn_mask=bias,
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.o(y.transpose(1, 2).reshape(b, L, d))
