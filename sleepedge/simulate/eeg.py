@@ -83,7 +83,7 @@ class TransientFactory:
         x = _resample(w, fs0, self.fs, stretch=f_lib / f_new)
         dur = self.rng.uniform(0.5, 2.0)
         n = min(x.size, int(dur * self.fs))
-        c = int(np.argmax(np.abs(sps.hilbert(x))))  # centre on the envelope peak
+        c = x.size // 2  # the library spindles are centred on their envelope peak
         a = int(np.clip(c - n // 2, 0, x.size - n))
         seg = x[a:a + n] * sps.windows.tukey(n, 0.6)
         if self.rng.random() < 0.5:

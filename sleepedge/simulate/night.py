@@ -190,13 +190,18 @@ def _artefacts(signals, rates, roles, stages, rng, log):
     n_s = len(stages) * EPOCH_S
     exg = [lab for lab in signals if roles[lab] in ("EEG", "EOG", "EMG", "ECG")]
     line_hz = 50.0 if rng.random() < 0.6 else 60.0
+    base: dict[float, tuple[np.ndarray, np.ndarray]] = {}
     for lab in exg:
         fs = rates[lab]
-        t = np.arange(signals[lab].size) / fs
-        signals[lab] += rng.uniform(0.3, 2.0) * rng.standard_normal(t.size)            # electrode noise
+        n = signals[lab].size
+        if roles[lab] in ("EEG", "EOG"):  # electrode noise (EMG and ECG carry their own)
+            signals[lab] += rng.uniform(0.3, 2.0) * rng.standard_normal(n)
         if fs > 2.2 * line_hz:
-            a = rng.uniform(0.5, 3.0)
-            signals[lab] += a * np.sin(2 * np.pi * line_hz * t + rng.uniform(0, 2 * np.pi))
+            if fs not in base:
+                w = 2 * np.pi * line_hz * np.arange(n) / fs
+                base[fs] = (np.sin(w), np.cos(w))
+            a, ph = rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+            signals[lab] += (a * np.cos(ph)) * base[fs][0] + (a * np.sin(ph)) * base[fs][1]
     log.append({"kind": "line_noise", "hz": line_hz})
     # movement artefacts: mostly in wake, all electrophysiology channels at once
     rate = np.where(stages == 0, 0.1, 0.01) * EPOCH_S / 60.0

@@ -166,7 +166,7 @@ def spo2(n_s: float, fs_hz: float, events: list[RespEvent], rng: np.random.Gener
     for e in events:
         t0, t1 = e.onset_s + e.lag_s, e.onset_s + e.duration_s + e.lag_s
         fall = np.clip((ts - t0) / max(t1 - t0, 1.0), 0, 1)
-        rec = np.where(ts > t1, np.exp(-(ts - t1) / 8.0), 1.0)
+        rec = np.exp(-np.clip(ts - t1, 0.0, None) / 8.0)
         x -= e.desat_pct * fall * rec
     x = np.clip(x, 50.0, 100.0)
     return np.round(x / resolution) * resolution, baseline

@@ -135,10 +135,10 @@ def measurement_gain(freqs: np.ndarray, band_hz=(0.5, 30.0), floor: float = 0.3)
 def knot_values(bandpower: np.ndarray, n_iter: int = 6, band_hz=(0.5, 30.0)) -> np.ndarray:
     """(n, 5) µV² band targets (as measured after the ``band_hz`` band-pass) -> (n, 5) log PSD
     knot values (µV²/Hz) whose smooth interpolated PSD integrates to each band's target."""
-    grid = np.arange(0.0, 60.0, 0.05) + 0.025
+    grid = np.arange(0.0, 50.0, 0.1) + 0.05
     W = _interp_matrix(grid)
     shape = _shape_factor(grid) * measurement_gain(grid, band_hz)
-    B = np.stack([((grid >= lo) & (grid < hi)) * 0.05 for lo, hi in BANDS_HZ])  # (5, n_grid)
+    B = np.stack([((grid >= lo) & (grid < hi)) * 0.1 for lo, hi in BANDS_HZ])  # (5, n_grid)
     target = np.maximum(np.asarray(bandpower, float), 1e-6)
     logv = np.log(target / (BANDS_HZ[:, 1] - BANDS_HZ[:, 0]))
     for _ in range(n_iter):
@@ -160,9 +160,13 @@ def shaped_noise(bandpower: np.ndarray, fs_hz: float, rng: np.random.Generator,
     W = _interp_matrix(freqs)
     amp = np.sqrt(np.exp(logv @ W.T) * _shape_factor(freqs)[None] * fs_hz * L / 2.0)
     amp[:, 0] = 0.0
-    spec = (rng.standard_normal((n_ep, freqs.size)) + 1j * rng.standard_normal((n_ep, freqs.size))) * (amp / np.sqrt(2.0))
+    amp *= np.sqrt(0.5)
+    spec = np.empty((n_ep, freqs.size), np.complex128)
+    spec.real = rng.standard_normal((n_ep, freqs.size)) * amp
+    spec.imag = rng.standard_normal((n_ep, freqs.size)) * amp
+    del amp
     seg = np.fft.irfft(spec, n=L, axis=1)
-    del spec, amp
+    del spec
     # power-complementary tapers over the 2h overlap: sin^2 + cos^2 = 1
     ramp = np.sin(0.5 * np.pi * (np.arange(2 * h) + 0.5) / (2 * h)) if h else np.zeros(0)
     win = np.ones(L)
@@ -172,18 +176,10 @@ def shaped_noise(bandpower: np.ndarray, fs_hz: float, rng: np.random.Generator,
     if h:
         seg[0, : 2 * h] /= ramp            # recording edges: no partner segment, keep full power
         seg[-1, L - 2 * h:] /= ramp[::-1]
-    out = np.zeros(n_ep * n + 2 * h)
-    # overlap-add: body of each segment, then the overlapping tails
-    body = seg[:, 2 * h: L - 2 * h] if L - 4 * h > 0 else seg[:, :0]
-    idx0 = np.arange(n_ep) * n
-    out_view = out[2 * h: 2 * h + n_ep * n].reshape(n_ep, n)
-    out_view[:, : n - 2 * h] += body
-    head = seg[:, : 2 * h]
-    tail = seg[:, L - 2 * h:]
-    for k, part in ((0, head), (n, tail)):
-        if part.shape[1]:
-            pos = idx0[:, None] + k + np.arange(part.shape[1])[None]
-            np.add.at(out, pos.ravel(), part.ravel())
+    # overlap-add with strided views: segment k starts at k*n in ``out`` (which is offset by h)
+    out = np.zeros((n_ep + 1) * n + 2 * h)
+    out[: n_ep * n].reshape(n_ep, n)[:, :] += seg[:, :n]
+    out[n: n + n_ep * n].reshape(n_ep, n)[:, : 2 * h] += seg[:, n:]
     return out[h: h + n_ep * n]
 
 
