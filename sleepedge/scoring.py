@@ -18,7 +18,10 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
     "nsrr"       NSRR `PSGAnnotation` XML (`ScoredEvents/ScoredEvent` with `EventType`,
                  `EventConcept` such as `Stage 2 sleep|2`, `Hypopnea|Hypopnea`).
     "noxturnal"  Noxturnal event export CSV (UTF-16 or UTF-8, French or English labels,
-                 `dd/mm/yyyy hh:mm:ss` times, a units row under the header).
+                 `dd/mm/yyyy hh:mm:ss` times, a units row under the header). Epoch 0 starts at
+                 the first stage row (`Hypnogram.start`); gaps in the staging are IGNORE;
+                 rows that are neither stages nor EVENT_KINDS (position, artefact, notes) are
+                 skipped, but a stage-like label we do not know (`N5`, `Stage 9`) is an error.
     "dreams"     DREAMS hypnogram text (`[HypnogramAASM]` or `[HypnogramR&K]`, one code per 5-s
                  epoch), converted to 30-s epochs by the majority rule of `_dreams_to_30s`.
     "tsv"/"csv"  BIDS-style hypnogram: columns onset, duration (optional), stage (names or
@@ -331,8 +334,8 @@ def _detect(data: bytes, path: Path) -> str:
     if head.startswith("{"):
         return "json"
     lines = [ln.strip() for ln in _lines(head)[:50] if ln.strip()]
-    if lines and (lines[0].startswith("[Hypnogram") or all(re.fullmatch(r"-?\d+", ln) for ln in lines)):
-        return "dreams"
+    if lines and lines[0].startswith("[Hypnogram"):
+        return "dreams"   # a header-less column of codes is ambiguous (5-s? 30-s?): needs fmt="dreams"
     if lines:
         header = {_norm(c).strip('"') for c in re.split(r"[,;\t]", lines[0])}
         if header & _NOX_EVENT_COLS and header & _NOX_START_COLS:

@@ -282,6 +282,11 @@ def test_dreams_rule_ties_unscored_and_rk(tmp_path):
     bad.write_text("[HypnogramAASM]\n5\n5\n7\n5\n5\n5\n")
     with pytest.raises(ScoringError, match="line 4"):
         read_scoring(bad)
+    bare = tmp_path / "codes.txt"   # no [Hypnogram...] header: 5-s or 30-s? not guessed
+    bare.write_text("\n".join(["5"] * 6 + ["2"] * 6) + "\n")
+    with pytest.raises(ScoringError, match="not recognised"):
+        read_scoring(bare)
+    assert read_scoring(bare, fmt="dreams")[0].stages.tolist() == [0, 2]
 
 
 # --------------------------------------------------------------------------- BIDS TSV / CSV
