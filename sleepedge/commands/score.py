@@ -131,7 +131,8 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                 with open_edf(rec) as reader:
                     start = reader.header.start
                 stem = _out_stem(rec, used)
-                writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120, start=start)
+                writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120, start=start,
+                                     fsync_every=32)
                 factory = _partial_night(str(rec), start, bundle, engine.describe())
                 task = progress.add_task(rec.name, total=1.0)
                 night = score_recording(
@@ -295,8 +296,9 @@ def register(app: typer.Typer) -> None:
         err = _console()
         t0 = time.perf_counter()
         night = simulate_night(hours=hours, seed=seed)
-        edf_path = Path(write_night(night, out / "demo-night.edf"))
-        err.print(f"simulated {hours:g} h night -> {edf_path} ({time.perf_counter() - t0:.1f} s)")
+        edf_path, truth_path = write_night(night, out / "demo-night.edf")
+        err.print(f"simulated {hours:g} h night -> {edf_path} (true stages: {truth_path}; "
+                  f"{time.perf_counter() - t0:.1f} s)")
         failed = score_files([edf_path], model, out, "tsv,edf,json,png", None, "auto", 1, False, False)
         if failed:
             raise typer.Exit(1)
