@@ -331,6 +331,8 @@ def test_tal_parser_texts_and_time_keeping():
                     Annotation(-0.25, 0.0, "before")]
     onset, anns, quirks = parse_tal_record(b"+1.0\x14\x14+1.14\x14A1+A2 OFF\x14\x00")  # Nihon Kohden
     assert onset == 1.0 and anns == [Annotation(1.14, 0.0, "A1+A2 OFF")] and quirks
+    onset, anns, quirks = parse_tal_record(b"+0\x14\x14Recording starts\x14\x00")  # text in the time-keeping TAL
+    assert onset == 0.0 and anns == [Annotation(0.0, 0.0, "Recording starts")]
     onset, anns, quirks = parse_tal_record(b"garbage\x00+x\x14t\x14\x00")
     assert onset is None and anns == [] and "2 malformed TAL(s) skipped" in quirks
 

@@ -63,7 +63,7 @@ def _seeds() -> list[tuple[str, bytes]]:
 
 
 SEEDS = _seeds()
-STATS = {"file_cases": 0, "opened": 0, "edf_error": 0, "tal_cases": 0, "max_case_s": 0.0}
+STATS = {"file_cases": 0, "opened": 0, "opened_pyedflib": 0, "edf_error": 0, "tal_cases": 0, "max_case_s": 0.0}
 
 INTERESTING = [b"-1", b"-5", b"0", b"1", b"99999999", b"1e9", b"nan", b"inf", b"-inf", b"", b"abc", b"-0",
                b"0.0000001", b"1.5", b"3,5", b"\xe9\xff\xfe", b"99999", b"2147483648", b"-99999999", b"+1",
@@ -131,8 +131,8 @@ def mutated_file(draw):
     return name, bytes(raw)
 
 
-def _exercise(path: Path) -> None:
-    """Open and read a little of everything; raise only SleepEdgeError."""
+def _exercise(path: Path) -> str:
+    """Open and read a little of everything; raise only SleepEdgeError. Returns the backend."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a numpy RuntimeWarning is a bug to find, not noise
         warnings.simplefilter("ignore", EDFQuirkWarning)
@@ -149,6 +149,7 @@ def _exercise(path: Path) -> None:
                 for _, block in r.iter_epochs(h.signals[:2], n_epochs_per_block=1):
                     assert all(v.dtype == np.float64 for v in block.values())
                     break
+            return r.backend
 
 
 @pytest.mark.skipif(not SEEDS, reason="no seeds")
@@ -161,8 +162,9 @@ def test_fuzz_edf_reader(case):
     path.write_bytes(raw)
     t = time.perf_counter()
     try:
-        _exercise(path)
+        backend = _exercise(path)
         STATS["opened"] += 1
+        STATS["opened_pyedflib"] += backend == "pyedflib"
     except SleepEdgeError as err:
         msg = str(err)
         assert msg and "\n" not in msg, f"{name}: multi-line error {msg!r}"
