@@ -230,14 +230,35 @@ def _cuda_api():
         return _PyCuda()
 
 
+def _pick_engines(bundle) -> dict[str, str]:
+    """{"epoch": file, "step": file} from the manifest's engines (keys like `epoch_fp16`, entries
+    {"file", "graph": "epoch.onnx", "precision", "tensorrt", "gpu"}); fp16 preferred over fp32."""
+    engines = bundle.manifest.get("engines") or {}
+    picked: dict[str, tuple[int, str, dict]] = {}
+    for key, entry in engines.items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            continue
+        for g in ("epoch", "step"):
+            graph_file = bundle.manifest["graphs"][g]["file"]
+            if entry.get("graph") == graph_file or str(key).split("_")[0] == g:
+                rank = 1 if entry.get("precision") == "fp16" else 0
+                if g not in picked or rank > picked[g][0]:
+                    picked[g] = (rank, entry["file"], entry)
+    return {g: v[1] for g, v in picked.items()} if set(picked) == {"epoch", "step"} else {}
+
+
 def _trt_engine_available(bundle) -> tuple[bool, str]:
-    engines = (bundle.manifest.get("engines") or {})
-    if not (engines.get("epoch") and engines.get("step")):
+    chosen = _pick_engines(bundle)
+    if not chosen:
         return False, "the bundle ships no TensorRT engines"
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return False, "the `tensorrt` Python package is not installed"
+    built = {str(e.get("tensorrt")) for e in (bundle.manifest.get("engines") or {}).values()
+             if isinstance(e, dict) and e.get("file") in chosen.values()}
+    if built and built != {str(tensorrt.__version__)}:
+        return False, f"the engines were built with TensorRT {', '.join(sorted(built))}, this is {tensorrt.__version__}"
     try:
         import cuda.cudart  # noqa: F401
     except ImportError:
@@ -246,10 +267,6 @@ def _trt_engine_available(bundle) -> tuple[bool, str]:
         except ImportError:
             return False, "neither cuda-python nor pycuda is installed"
     return True, ""
-
-
-def _engine_file(entry) -> str:
-    return entry["file"] if isinstance(entry, dict) else str(entry)
 
 
 @dataclass
@@ -301,9 +318,9 @@ def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
         return Engine(name, epoch.providers, epoch, step, state_spec, threads)
 
     def trt_engine() -> Engine:
-        engines = bundle.manifest["engines"]
-        epoch = _TrtGraph(bundle, "epoch", _engine_file(engines["epoch"]))
-        step = _TrtGraph(bundle, "step", _engine_file(engines["step"]))
+        chosen = _pick_engines(bundle)
+        epoch = _TrtGraph(bundle, "epoch", chosen["epoch"])
+        step = _TrtGraph(bundle, "step", chosen["step"])
         return Engine("tensorrt-engine", epoch.providers, epoch, step, state_spec, threads)
 
     if device == "cpu":

@@ -161,9 +161,9 @@ def manifest(modalities=("EEG", "EOG", "EMG", "ECG"), simulated: bool = True) ->
 
 
 def build_bundle(out: Path, modalities=("EEG", "EOG", "EMG", "ECG"), seed: int = 0, simulated: bool = True,
-                 mutate=None) -> Path:
+                 mutate=None, extra_files=None) -> Path:
     """Write a fixture bundle at `out` (dir, or zip when it ends in .zip). `mutate(manifest)`
-    may edit the manifest before writing (to build broken bundles)."""
+    may edit the manifest before writing; `extra_files` {name: bytes} adds files (e.g. engines)."""
     import onnx
 
     from sleepedge.bundle import write_bundle
@@ -177,9 +177,13 @@ def build_bundle(out: Path, modalities=("EEG", "EOG", "EMG", "ECG"), seed: int =
         onnx.checker.check_model(sm, full_check=True)
         onnx.save(em, ep)
         onnx.save(sm, st)
+        files = {"epoch.onnx": ep, "step.onnx": st}
+        for name, data in (extra_files or {}).items():
+            (Path(tmp) / name).write_bytes(data)
+            files[name] = Path(tmp) / name
         if mutate is not None:
             mutate(man)
-        return write_bundle(Path(out), man, {"epoch.onnx": ep, "step.onnx": st})
+        return write_bundle(Path(out), man, files)
 
 
 DEFAULT_RATES = {"EEG Fpz-Cz": 100.0, "EOG horizontal": 100.0, "EMG submental": 200.0, "ECG II": 256.0}

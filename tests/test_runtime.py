@@ -71,6 +71,26 @@ def test_auto_picks_cpu_here_and_unavailable_devices_are_one_line_errors(bundle)
         make_sessions(bundle, "gpu")
 
 
+def test_tensorrt_engines_are_picked_and_need_tensorrt(tmp_path):
+    import importlib.util
+
+    from runtime.session import _pick_engines, make_sessions
+    from sleepedge.bundle import load_bundle
+
+    def add_engines(m):
+        m["engines"] = {
+            f"{g}_{p}": {"file": f"{g}.{p}.plan", "graph": f"{g}.onnx", "precision": p, "tensorrt": "10.3.0", "gpu": "Orin"}
+            for g in ("epoch", "step") for p in ("fp32", "fp16")}
+
+    plans = {f"{g}.{p}.plan": b"not a real plan" for g in ("epoch", "step") for p in ("fp32", "fp16")}
+    b = load_bundle(build_bundle(tmp_path / "trt.sleepedge", mutate=add_engines, extra_files=plans))
+    assert _pick_engines(b) == {"epoch": "epoch.fp16.plan", "step": "step.fp16.plan"}
+    if importlib.util.find_spec("tensorrt") is None:
+        with pytest.raises(DeviceError, match="`tensorrt` Python package is not installed"):
+            make_sessions(b, "tensorrt")
+        assert make_sessions(b, "auto").device in ("cpu", "ort-cuda", "ort-tensorrt")
+
+
 @pytest.mark.parametrize("edit, match", [
     (lambda m: m["graphs"]["epoch"]["inputs"]["x"].__setitem__("shape", ["batch", 4, 2500]), "shape"),
     (lambda m: m["graphs"]["step"]["outputs"].pop("ssm_out"), "outputs"),
