@@ -52,7 +52,7 @@ def agreement(ref: Sequence[int], pred: Sequence[int]) -> dict:
     classes = rec_den > 0  # macro over stages present in the reference
     macro_f1 = float(f1[classes].mean()) if classes.any() else None
     pe = float((prec_den * rec_den).sum() / (n * n))
-    kappa = float((acc - pe) / (1 - pe)) if pe < 1 else 1.0
+    kappa = float((acc - pe) / (1 - pe)) if pe < 1 else None   # undefined when one class only
     return {**info, "accuracy": acc, "macro_f1": macro_f1, "kappa": kappa,
             "f1_per_stage": [float(x) for x in f1], "confusion": cm.tolist()}
 

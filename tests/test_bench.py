@@ -1,0 +1,85 @@
+"""The benchmark harness (`python -m bench --short`) runs end to end on a tiny simulated night.
+
+Asserts that it works and what it writes, never anything about speed. YASA/GSSC are not needed
+(they live in a separate venv and are reported "not installed" when absent). Skips when the
+simulator is not importable, or when there is neither the default bundle nor onnx to build the
+test-fixture bundle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _have_bundle() -> bool:
+    try:
+        from sleepedge.bundle import default_bundle_path
+
+        if default_bundle_path().exists():
+            return True
+    except ImportError:
+        pass
+    return importlib.util.find_spec("onnx") is not None and (REPO / "tests" / "_bundle_fixture.py").exists()
+
+
+def test_agreement_metrics_on_hand_worked_example():
+    sys.path.insert(0, str(REPO))
+    from bench.agreement import agreement
+
+    ref = [0, 0, 1, 2, 2, 2, 3, 4, -100]
+    pred = [0, 1, 1, 2, 2, 3, 3, 4, 0]      # last epoch unscored in the reference: masked
+    a = agreement(ref, pred)
+    assert a["n_scored"] == 8
+    assert a["accuracy"] == pytest.approx(6 / 8)
+    # per-stage F1: W 2/3, N1 2/3, N2 4/5, N3 2/3, REM 1
+    assert a["macro_f1"] == pytest.approx(np.mean([2 / 3, 2 / 3, 0.8, 2 / 3, 1.0]))
+    cm = np.array(a["confusion"])
+    po, pe = np.trace(cm) / cm.sum(), (cm.sum(0) * cm.sum(1)).sum() / cm.sum() ** 2
+    assert a["kappa"] == pytest.approx((po - pe) / (1 - pe))
+    assert agreement([0, 0], [0, 0])["kappa"] is None      # one class only: kappa undefined
+
+
+@pytest.mark.timeout(240)
+def test_bench_short_runs_without_competitors(tmp_path):
+    if importlib.util.find_spec("sleepedge.simulate") is None:
+        pytest.skip("simulator not importable")
+    try:
+        from sleepedge.simulate import simulate_night, write_night  # noqa: F401
+    except ImportError:
+        pytest.skip("simulator not importable")
+    if not _have_bundle():
+        pytest.skip("no default bundle and no onnx to build the fixture bundle")
+    res_dir = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--short", "--bench-python", str(tmp_path / "no-such-python"),
+         "--results", str(res_dir), "--workdir", str(tmp_path / "work")],
+        cwd=REPO, capture_output=True, text=True, timeout=230,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    md = (res_dir / "RESULTS.md").read_text()
+    assert "yasa: not installed" in md and "gssc: not installed" in md
+    assert "SIMULATED" in md
+    thr = json.loads((res_dir / "throughput.json").read_text())
+    se = thr["tools"]["sleepedge"]
+    assert se["ok"] == 1 and se["wall_s"]["median"] > 0
+    assert se["peak_rss_mb"]["median"] > 0
+    assert thr["profile"]["parts_s"]["epoch_graph"] > 0
+    st = json.loads((res_dir / "streaming.json").read_text())
+    assert not st.get("errors"), st.get("errors")
+    assert next(iter(st["scorer"].values()))["push_ms"]["n"] > 0
+    sc = json.loads((res_dir / "scaling.json").read_text())
+    assert all(r["ok"] for m in sc["modes"].values() for r in m["rows"])
+    ag = json.loads((res_dir / "agreement.json").read_text())
+    assert "NOT real-sleep" in ag["label"]
+    assert ag["pooled"]["sleepedge"]["n_scored"] == 30       # 15-min night = 30 epochs
+    meta = json.loads((res_dir / "meta.json").read_text())
+    assert meta["machine"]["cpu"] and meta["command"].startswith("python -m bench --short")
