@@ -126,16 +126,21 @@ def _projector(d: int, p: int) -> nn.Module:
 
 
 # ---- augmentations (training only; per-sample randomness, batch loops are fine here) -----
+def _gdev(generator: torch.Generator | None) -> torch.device:
+    """Draw random numbers where the generator lives (a CUDA generator cannot fill CPU tensors)."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def segment_permutation(x: Tensor, max_segments: int, generator: torch.Generator | None = None) -> Tensor:
     """Split each row of x [B, S] into 2..max_segments contiguous pieces at random cut points and
     shuffle them (a permutation of samples, so the values are kept, only their order changes)."""
     b, s = x.shape
     out = []
     for i in range(b):
-        n = int(torch.randint(2, max(2, max_segments) + 1, (1,), generator=generator))
-        cuts = torch.sort(torch.randperm(s - 1, generator=generator)[: n - 1] + 1).values.tolist()
+        n = int(torch.randint(2, max(2, max_segments) + 1, (1,), generator=generator, device=_gdev(generator)))
+        cuts = torch.sort(torch.randperm(s - 1, generator=generator, device=_gdev(generator))[: n - 1] + 1).values.tolist()
         pieces = torch.tensor_split(torch.arange(s), cuts)
-        order = torch.randperm(len(pieces), generator=generator).tolist()
+        order = torch.randperm(len(pieces), generator=generator, device=_gdev(generator)).tolist()
         out.append(x[i, torch.cat([pieces[j] for j in order]).to(x.device)])
     return torch.stack(out)
 
@@ -144,9 +149,9 @@ def random_crop_resize(x: Tensor, crop_min: float, generator: torch.Generator | 
     """Crop a random window of [crop_min, 1] x S samples from each row of x [B, S] and linearly
     resample it back to S samples (vectorised: per-row positions + gather)."""
     b, s = x.shape
-    frac = crop_min + (1.0 - crop_min) * torch.rand(b, 1, generator=generator)
+    frac = crop_min + (1.0 - crop_min) * torch.rand(b, 1, generator=generator, device=_gdev(generator)).cpu()
     length = frac * (s - 1)
-    start = torch.rand(b, 1, generator=generator) * (s - 1 - length)
+    start = torch.rand(b, 1, generator=generator, device=_gdev(generator)).cpu() * (s - 1 - length)
     # positions in float64: float32 cannot resolve fractions of a sample near index 3000
     pos = start.double() + length.double() * torch.linspace(0.0, 1.0, s, dtype=torch.float64)[None]
     lo = pos.floor().long().clamp(0, s - 1)
@@ -158,13 +163,13 @@ def random_crop_resize(x: Tensor, crop_min: float, generator: torch.Generator | 
 
 def jitter(x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """x + Gaussian noise with std sigma * (per-row std of x)."""
-    noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    noise = torch.randn(x.shape, generator=generator, device=_gdev(generator)).to(x.device, x.dtype)
     return x + noise * sigma * x.std(dim=-1, keepdim=True)
 
 
 def scale(x: Tensor, sigma: float, generator: torch.Generator | None = None) -> Tensor:
     """x * s with one s ~ N(1, sigma) per row."""
-    s = 1.0 + sigma * torch.randn(x.shape[0], 1, generator=generator)
+    s = 1.0 + sigma * torch.randn(x.shape[0], 1, generator=generator, device=_gdev(generator))
     return x * s.to(x.device, x.dtype)
 
 
@@ -266,7 +271,7 @@ class TSTCC(nn.Module):
         L, k = hw.shape[1], cfg.timesteps
         if L <= k:
             raise ModelInputError(f"TS-TCC needs more than timesteps={k} feature steps; the encoder gives {L}")
-        t0 = int(torch.randint(1, L - k + 1, (1,), generator=generator))   # past = [0, t0)
+        t0 = int(torch.randint(1, L - k + 1, (1,), generator=generator, device=_gdev(generator)))   # past = [0, t0)
         cw, cs = self.context(hw[:, :t0]), self.context(hs[:, :t0])
         # cross-view: the strong context predicts the weak future and vice versa
         tc = self._temporal_contrast(cs, hw[:, t0:t0 + k]) + self._temporal_contrast(cw, hs[:, t0:t0 + k])
