@@ -266,9 +266,8 @@ def test_synthsleepnet_masking_and_per_modality_slices():
 
 
 def test_decoder_reads_its_own_modality_slice():
-    """Reconstruction of role m depends on role m's slice of the fused tokens: with fusion and
-    projections reduced to identity-like maps, zeroing modality m's tokens changes only m's
-    prediction input. Checked directly on the slice the decoder receives."""
+    """The seed sliced decoder inputs across modalities wrongly: decoder m must receive exactly
+    fused tokens [m*K, (m+1)*K) (its own modality's kept tokens). Checked on the tensors passed."""
     torch.manual_seed(0)
     model = SynthSleepNet(preset("tiny"))
     got = {}
