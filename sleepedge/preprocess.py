@@ -282,7 +282,15 @@ class CausalPreprocessor:
         nan_frac = 1.0 - finite.mean()
         if nan_frac > 0:
             flags |= contract.Q_NAN
-        win = max(1, int(round(cfg.flat_window_s * fs_in_hz)))
+        if role == "SPO2":
+            # a constant saturation is normal; only values outside 50-100 % mean a dead probe
+            with np.errstate(invalid="ignore"):
+                bad = ~finite | (raw < 50.0) | (raw > 100.0)
+            if bad.mean() >= cfg.disconnected_fraction:
+                flags |= contract.Q_DISCONNECTED
+            return flags
+        # flatness in windows of flat_window_s, but never fewer than 8 samples (1-Hz channels)
+        win = max(8, int(round(cfg.flat_window_s * fs_in_hz)))
         n_win = len(raw) // win
         flat_frac = 0.0
         if n_win:
@@ -301,12 +309,13 @@ class CausalPreprocessor:
             if flat_frac >= cfg.flat_fraction:
                 flags |= contract.Q_FLAT
         rail_frac = 0.0
-        if role != "SPO2" and finite.any():
+        if finite.any():
             v = raw[finite]
             hi, lo = v.max(), v.min()
             if hi > lo:
-                rail_frac = max(np.count_nonzero(v == hi), np.count_nonzero(v == lo)) / len(raw)
-                if rail_frac >= cfg.clip_fraction:
+                n_rail = max(np.count_nonzero(v == hi), np.count_nonzero(v == lo))
+                rail_frac = n_rail / len(raw)
+                if n_rail >= 3 and rail_frac >= cfg.clip_fraction:
                     flags |= contract.Q_CLIPPED
         if flat_frac + nan_frac >= cfg.disconnected_fraction or rail_frac >= 0.5:
             flags |= contract.Q_DISCONNECTED
@@ -350,6 +359,30 @@ class CausalPreprocessor:
             scale = np.exp(st.log_scale) if st.log_scale is not None else 1.0
             y = seg / scale
         return np.clip(y, -cfg.clip, cfg.clip)
+
+
+def usable_rates(
+    rates_hz: Mapping[str, float], config: PreprocessConfig | None = None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Split role rates into those the model can use and those it cannot (with the reason).
+
+    A channel sampled below twice the lower edge of its role's band carries none of the band
+    the model reads (Sleep-EDF's 1-Hz `EMG submental` is an RMS envelope, not EMG): it is
+    treated as a missing role and reported, never silently fed as zeros or noise.
+    """
+    cfg = config or PreprocessConfig()
+    usable: dict[str, float] = {}
+    dropped: dict[str, str] = {}
+    for role, fs in rates_hz.items():
+        lo, _ = cfg.band(role)
+        if lo is not None and fs <= 2 * lo:
+            dropped[role] = (
+                f"{role} sampled at {fs:g} Hz cannot carry its {lo:g} Hz+ band "
+                f"(needs > {2 * lo:g} Hz); treated as missing"
+            )
+        else:
+            usable[role] = float(fs)
+    return usable, dropped
 
 
 def preprocess_arrays(

@@ -130,3 +130,24 @@ def test_config_round_trip_and_unknown_keys():
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(PreprocessError, match="unknown keys"):
         PreprocessConfig.from_dict({"bogus": 1})
+
+
+def test_low_rate_channels_are_not_flagged_by_construction():
+    # 1-Hz channels (Sleep-EDF's EMG submental / Resp oro-nasal) and a steady SpO2
+    rng = np.random.default_rng(6)
+    n = 300
+    sig = {"EMG": rng.normal(0, 5, n), "RESP": np.sin(np.arange(n) / 3) * 100, "SPO2": np.full(n, 97.0)}
+    _, q, roles = preprocess_arrays(sig, {"EMG": 1.0, "RESP": 1.0, "SPO2": 1.0})
+    assert roles == ("EMG", "RESP", "SPO2")
+    assert q.max() == 0, [contract.quality_names(v) for v in q.ravel()]
+    sig["SPO2"][:] = 0.0  # a dead oximeter reads 0
+    _, q, _ = preprocess_arrays(sig, {"EMG": 1.0, "RESP": 1.0, "SPO2": 1.0})
+    assert (q[:, 2] & contract.Q_DISCONNECTED).all()
+
+
+def test_usable_rates_drops_envelope_channels_with_a_reason():
+    from sleepedge.preprocess import usable_rates
+
+    ok, dropped = usable_rates({"EEG": 100.0, "EMG": 1.0, "RESP": 1.0})
+    assert ok == {"EEG": 100.0, "RESP": 1.0}
+    assert "EMG" in dropped and "1 Hz" in dropped["EMG"]
