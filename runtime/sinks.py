@@ -96,7 +96,15 @@ def epoch_row(res) -> list[str]:
 
 
 class LineSink:
-    """TSV or CSV: append + flush + fsync per epoch; `resume=True` keeps the complete rows."""
+    """TSV or CSV: append + flush per epoch (+ fsync every `fsync_every`).
+
+    `resume=True` keeps the complete rows already in the file (a trailing partial row is cut) and
+    does not rewrite them; as the scorer re-runs from the start, each re-scored epoch is checked
+    against the kept row (same stage, probabilities within 1e-4), so a file from another model,
+    recording or setting is refused instead of being silently continued.
+    """
+
+    RESUME_TOL = 1e-4
 
     def __init__(self, path: Path, sep: str, resume: bool = False, fsync_every: int = 1):
         self.path = Path(path)
@@ -104,41 +112,56 @@ class LineSink:
         self._unsynced = 0
         self.sep = sep
         self.header = sep.join(COLUMNS)
-        self.n_existing = 0
-        prefix = ""
+        self.existing: list[list[str]] = []
+        self.conflict = False            # set when --resume finds rows from another run
         try:
             if resume and self.path.exists():
-                self.n_existing = self._keep_complete(prefix)
+                self.existing = self._keep_complete()
                 self.fh = open(self.path, "a", encoding="utf-8", newline="")
             else:
                 self.fh = open(self.path, "w", encoding="utf-8", newline="")
-                self.fh.write(prefix + self.header + "\n")
+                self.fh.write(self.header + "\n")
                 self._sync()
         except OSError as ex:
             raise OutputError(f"cannot write {self.path} ({ex.strerror or ex}); check the output folder") from None
 
-    def _keep_complete(self, prefix: str) -> int:
+    @property
+    def n_existing(self) -> int:
+        return len(self.existing)
+
+    def _keep_complete(self) -> list[list[str]]:
         raw = self.path.read_bytes().decode("utf-8", errors="replace")
         lines = raw.split("\n")
         tail = lines.pop()  # text after the last newline: a partial row (or "")
-        keep, n = [], 0
-        body = [ln for ln in lines if not ln.startswith("#")]
-        if not body or body[0] != self.header:
+        if not lines or lines[0] != self.header:
             raise OutputError(f"--resume: {self.path} does not start with the expected header; delete it or drop --resume")
-        for ln in lines:
-            if ln.startswith("#") or ln == self.header:
-                keep.append(ln)
-                continue
-            if len(ln.split(self.sep)) != len(COLUMNS):
+        rows = []
+        for ln in lines[1:]:
+            fields = ln.split(self.sep)
+            if len(fields) != len(COLUMNS):
                 break
-            keep.append(ln)
-            n += 1
-        if tail or len(keep) != len(lines):
+            rows.append(fields)
+        if tail or len(rows) != len(lines) - 1:
             with open(self.path, "w", encoding="utf-8", newline="") as fh:
-                fh.write("".join(k + "\n" for k in keep))
+                fh.write("".join(ln + "\n" for ln in lines[: len(rows) + 1]))
                 fh.flush()
                 os.fsync(fh.fileno())
-        return n
+        return rows
+
+    def _check_same(self, res) -> None:
+        old = self.existing[res.index]
+        new = epoch_row(res)
+        try:
+            same = old[:3] == new[:3] and all(abs(float(a) - float(b)) <= self.RESUME_TOL for a, b in zip(old[3:10], new[3:10]))
+        except ValueError:
+            same = False
+        if not same:
+            self.conflict = True
+            raise OutputError(
+                f"--resume: {self.path} epoch {res.index} holds {old[2]} but re-scoring gives {new[2]} "
+                f"(or different probabilities): it was written by another model, recording or setting; "
+                "delete it or drop --resume"
+            )
 
     def _sync(self) -> None:
         self.fh.flush()
@@ -146,6 +169,7 @@ class LineSink:
 
     def write(self, res) -> None:
         if res.index < self.n_existing:
+            self._check_same(res)
             return  # already on disk from the interrupted run
         try:
             self.fh.write(self.sep.join(epoch_row(res)) + "\n")
@@ -407,6 +431,8 @@ class NightWriter:
 
     def finish(self, night, complete: bool = True) -> dict[str, Path]:
         self.close()
+        if any(s.conflict for s in self.lines):
+            return {}  # --resume met another run's files: leave every output as it was
         self._rewrite(night, final=complete, png=True)
         return dict(self.paths)
 

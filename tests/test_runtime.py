@@ -282,6 +282,12 @@ def test_line_sink_resume_drops_partial_tail(tmp_path):
     rows = read_rows(p)
     assert [float(r["onset"]) for r in rows] == [30.0 * i for i in range(8)]
     assert p.read_text().endswith("ok\n")
+    # a file from another model/recording is refused, not continued
+    s3 = LineSink(p, "\t", resume=True)
+    s3.write(_result(0, 2))
+    with pytest.raises(OutputError, match="epoch 1 holds N2 but re-scoring gives REM"):
+        s3.write(_result(1, 4))
+    s3.close()
 
 
 def test_unwritable_output_is_output_error(tmp_path):
