@@ -25,7 +25,9 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
     "dreams"     DREAMS hypnogram text (`[HypnogramAASM]` or `[HypnogramR&K]`, one code per 5-s
                  epoch), converted to 30-s epochs by the majority rule of `_dreams_to_30s`.
     "tsv"/"csv"  BIDS-style hypnogram: columns onset, duration (optional), stage (names or
-                 YASA codes), optional p_W..p_REM columns (ignored on read).
+                 YASA codes), optional p_W..p_REM columns (ignored on read) and an optional
+                 `event` (or `description`) column: a row whose event cell is filled is an
+                 event row (its stage cell is not used), e.g. the simulator's truth sidecar.
     "json"       the JSON written by `write_hypnogram`.
 
 Stage intervals (EDF+, NSRR, Noxturnal, TSV) are put on the epoch grid by their midpoint: epoch k
@@ -59,6 +61,7 @@ __all__ = [
     "WRITE_FORMATS",
     "Event",
     "Hypnogram",
+    "event_kind",
     "events_to_epochs",
     "read_scoring",
     "stage_code",
@@ -217,7 +220,9 @@ for _kind, _names in {
         _EVENT_LABELS[_n] = _kind
 
 
-def _event_kind(label: str) -> str | None:
+def event_kind(label: str) -> str | None:
+    """EVENT_KINDS entry for an event label in any supported vocabulary, or None (not a
+    respiratory/desaturation/arousal event: limb movement, position, note...)."""
     n = _norm(label)
     if n in _EVENT_LABELS:
         return _EVENT_LABELS[n]
@@ -228,6 +233,9 @@ def _event_kind(label: str) -> str | None:
             if part.strip() in _EVENT_LABELS:
                 return _EVENT_LABELS[part.strip()]
     return None
+
+
+_event_kind = event_kind  # old private name, kept for callers that imported it
 
 
 def stage_code(label: str, source: str = "<label>") -> int:
@@ -398,7 +406,7 @@ def _read_edf(path: Path) -> tuple[Hypnogram, list[Event]]:
         if n.startswith("sleep stage") or n in ("movement time", "sleep stage movement"):
             intervals.append((onset, duration, stage_code(text, source)))
             continue
-        kind = _event_kind(text)
+        kind = event_kind(text)
         if kind is not None:
             events.append(Event(onset, duration, kind, text))
     stages = _intervals_to_stages(intervals, EPOCH_S, source)
@@ -444,7 +452,7 @@ def _desat_drop(elem: ET.Element, source: str) -> float | None:
 
 
 def _xml_event(elem: ET.Element, name: str, source: str) -> Event | None:
-    kind = _event_kind(name)
+    kind = event_kind(name)
     if kind is None:
         return None
     start = _num(_child_text(elem, "Start"), f"{name!r} Start", source)
@@ -530,8 +538,19 @@ _NOX_STAGES = {"eveil": 0, "veille": 0, "wake": 0, "awake": 0, "w": 0, "n1": 1, 
 _STAGE_LIKE = re.compile(r"^(sleep stage\b.*|stage [a-z0-9?]{1,3}|stade [a-z0-9]{1,3}|[ns][0-9])$")
 
 
+_DMY_TIME = re.compile(r"(\d{1,2})/(\d{1,2})/(\d{4}) (\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?")
+
+
 def _parse_time(s: str, source: str, row: int) -> datetime:
     s = s.strip()
+    m = _DMY_TIME.fullmatch(s)
+    if m:  # fast path for Noxturnal's dd/mm/yyyy hh:mm:ss (strptime is ~10x slower)
+        d, mo, y, h, mi, sec, frac = m.groups()
+        try:
+            return datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
+                            int((frac or "0").ljust(6, "0")))
+        except ValueError:
+            pass  # e.g. 31/02: fall through to the formats and their one-line error
     for f in _NOX_TIME_FORMATS:
         try:
             return datetime.strptime(s, f)
@@ -593,7 +612,7 @@ def _parse_noxturnal(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
     stages = _intervals_to_stages(intervals, EPOCH_S, source)
     events: list[Event] = []
     for t, duration, label, _r in parsed:
-        kind = _event_kind(label)
+        kind = event_kind(label)
         if kind is not None:
             onset = (t - start).total_seconds()
             if abs(onset) > MAX_SCORING_S:
@@ -666,18 +685,29 @@ def _parse_table(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
     i_stage = next((i for i, h in enumerate(header) if h in ("stage", "sleep_stage")), None)
     i_onset = next((i for i, h in enumerate(header) if h == "onset"), None)
     i_dur = next((i for i, h in enumerate(header) if h == "duration"), None)
+    i_event = next((i for i, h in enumerate(header) if h in ("event", "description")), None)
     if i_stage is None:
         raise ScoringError(f"{source}: header {rows[0][:6]!r} has no 'stage' column; expected onset, "
                            f"duration, stage")
+    need = max(i for i in (i_stage, i_onset, i_dur) if i is not None)
     intervals: list[tuple[float, float, int]] = []
+    events: list[Event] = []
     for r, row in enumerate(rows[1:], start=2):
-        need = max(i for i in (i_stage, i_onset, i_dur) if i is not None)
+        label = row[i_event].strip() if i_event is not None and i_event < len(row) else ""
         if len(row) <= need:
             raise ScoringError(f"{source}: row {r} has {len(row)} fields; expected {len(header)}")
         onset = _num(row[i_onset], f"row {r} onset", source) if i_onset is not None else (r - 2) * EPOCH_S
         duration = _num(row[i_dur], f"row {r} duration", source) if i_dur is not None else EPOCH_S
+        if label and _norm(label) != "n/a":
+            kind = event_kind(label)
+            if kind is not None:
+                if duration < 0:
+                    raise ScoringError(f"{source}: row {r} event {label[:40]!r} lasts {duration:g} s; "
+                                       f"expected >= 0")
+                events.append(Event(onset, duration, kind, label))
+            continue
         intervals.append((onset, duration, stage_code(row[i_stage], f"{source} row {r}")))
-    return Hypnogram(_intervals_to_stages(intervals, EPOCH_S, source), EPOCH_S, None, source), []
+    return Hypnogram(_intervals_to_stages(intervals, EPOCH_S, source), EPOCH_S, None, source), events
 
 
 def _parse_json(text: str, source: str) -> tuple[Hypnogram, list[Event]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,7 +32,7 @@ from sleepedge.stats import sleep_stats
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CASES = int(os.environ.get("SLEEPEDGE_FUZZ_CASES", "1000"))
 PER_CASE_S = 2.0
-HYPOTHESIS_EXAMPLES = max(50, CASES // 10)
+HYPOTHESIS_EXAMPLES = max(50, CASES // 20)
 
 NSRR_SEED = """<?xml version="1.0" encoding="UTF-8"?>
 <PSGAnnotation><EpochLength>30</EpochLength><ScoredEvents>
@@ -56,13 +57,18 @@ def _seeds() -> dict[str, tuple[str, bytes]]:
     prof = DATA / "compumedics-xml-nsrr" / "20017.edf.XML"
     if prof.exists():
         text = prof.read_text(encoding="utf-8")
-        # keep ScoredEvents + SleepStages, drop the long montage section: same structure, 4x smaller
-        cut = text.find("</SleepStages>") + len("</SleepStages>")
-        seeds["profusion"] = ("profusion", (text[:cut] + "</CMPStudyConfig>").encode())
-    nox = DATA / "nox-a1-psg-rsleep" / "noxturnal_events_example_unicode_3.csv"
+        # same structure, smaller: every 3rd ScoredEvent (all kinds stay), the first 400 stages,
+        # no montage section
+        head = text[:text.find("<ScoredEvents>")]
+        events = re.findall(r"<ScoredEvent>.*?</ScoredEvent>", text[text.find("<ScoredEvents>"):])
+        stages = re.findall(r"<SleepStage>\d+</SleepStage>", text)
+        seeds["profusion"] = ("profusion", (head + "<ScoredEvents>" + "".join(events[::3]) + "</ScoredEvents>"
+                                            "<SleepStages>" + "".join(stages[:400]) + "</SleepStages>"
+                                            "</CMPStudyConfig>").encode())
+    nox = DATA / "nox-a1-psg-rsleep" / "noxturnal_events_example_unicode_2.csv"
     if nox.exists():
         text = codecs.decode(nox.read_bytes(), "utf-16")
-        seeds["noxturnal"] = ("noxturnal", _head_lines(text, 260, 10).encode("utf-16"))
+        seeds["noxturnal"] = ("noxturnal", _head_lines(text, 200, 10).encode("utf-16"))
     dreams = DATA / "dreams-subjects" / "HypnogramAASM_subject1.txt"
     if dreams.exists():
         seeds["dreams"] = ("dreams", _head_lines(dreams.read_text(), 1200).encode())
@@ -77,6 +83,13 @@ def _table_seeds(tmp: Path) -> dict[str, tuple[str, bytes]]:
     out = {}
     for fmt in ("tsv", "csv", "json"):
         out[fmt] = (fmt, write_hypnogram(tmp / f"seed.{fmt}", hyp, probs).read_bytes())
+    # a BIDS table with an event column (the simulator's truth sidecar layout)
+    rows = ["onset\tduration\tstage\tevent"]
+    rows += [f"{30 * k + 3.5:.2f}\t{12 + k % 20:.2f}\tn/a\t{name}" for k, name in
+             enumerate(["Obstructive Apnea", "Hypopnea", "Central Apnea", "SpO2 desaturation", "Arousal"] * 8)]
+    rows += [f"{30 * k:.2f}\t30.00\t{['W', 'N1', 'N2', 'N3', 'REM', 'n/a'][int(c) % 6]}\t"
+             for k, c in enumerate(rng.integers(0, 6, size=60))]
+    out["tsv_events"] = ("tsv", ("\n".join(rows) + "\n").encode())
     return out
 
 
@@ -186,7 +199,7 @@ def _check_case(path: Path, fmt: str, what: str) -> str:
     return outcome
 
 
-READERS = ("profusion", "nsrr", "noxturnal", "dreams", "tsv", "csv", "json")
+READERS = ("profusion", "nsrr", "noxturnal", "dreams", "tsv", "tsv_events", "csv", "json")
 
 
 @pytest.mark.timeout(120)
@@ -221,7 +234,8 @@ FUZZ_SETTINGS = settings(max_examples=HYPOTHESIS_EXAMPLES, derandomize=True, dea
 
 
 @FUZZ_SETTINGS
-@given(data=st.binary(max_size=2000), fmt=st.sampled_from(("auto",) + READERS))
+@given(data=st.binary(max_size=2000), fmt=st.sampled_from(("auto", "profusion", "nsrr", "noxturnal", "dreams",
+                                                          "tsv", "csv", "json")))
 def test_hypothesis_arbitrary_bytes(tmp_path, data, fmt):
     path = tmp_path / "bytes.bin"
     path.write_bytes(data)

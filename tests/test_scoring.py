@@ -301,6 +301,22 @@ def test_bids_tsv_with_names_codes_and_merged_rows(tmp_path):
     assert read_scoring(c)[0].stages.tolist() == [0, 3]
 
 
+def test_tsv_with_event_column_like_the_simulator_sidecar(tmp_path):
+    p = tmp_path / "night.tsv"   # event rows first (stage n/a), then one row per stage bout
+    p.write_text("onset\tduration\tstage\tevent\n"
+                 "65.00\t14.50\tn/a\tObstructive Apnea\n"
+                 "100.00\t22.00\tn/a\tHypopnea\n"
+                 "112.00\t18.00\tn/a\tSpO2 desaturation\n"
+                 "170.00\t40.00\tn/a\tLights on\n"
+                 "0.00\t60.00\tW\t\n"
+                 "60.00\t90.00\tN2\t\n"
+                 "150.00\t30.00\tn/a\t\n")
+    hyp, events = read_scoring(p)
+    assert hyp.stages.tolist() == [0, 0, 2, 2, 2, IGNORE]   # event rows do not extend or mask stages
+    assert [(e.kind, e.onset_s, e.duration_s) for e in events] == [
+        ("obstructive_apnea", 65.0, 14.5), ("hypopnea", 100.0, 22.0), ("desaturation", 112.0, 18.0)]
+
+
 def test_unknown_stage_label_error_is_one_line(tmp_path):
     p = tmp_path / "h.tsv"
     p.write_text("onset\tduration\tstage\n0\t30\tW\n30\t30\tDeep\n")
