@@ -224,6 +224,7 @@ def profile_sleepedge(ctx: dict, night, tmp: Path) -> dict:
         out["parts_s"]["interpreter_start_and_exit"] = max(0.0, r.wall_s - out["process_in_python_s"])
     else:
         out["error"] = r.stderr_tail[-800:]
+    out["import_top_cumulative_s"] = import_times()
     if not ctx["short"]:
         pj2 = tmp / "cprofile.json"
         r2 = run_timed("cprofile", [sys.executable, "-m", "bench.profile_score", str(night.path), "--model",
@@ -233,6 +234,33 @@ def profile_sleepedge(ctx: dict, night, tmp: Path) -> dict:
             out["cprofile_top_tottime"] = json.loads(pj2.read_text()).get("cprofile_top_tottime")
     log("  profile: " + ", ".join(f"{k} {v:.2f}s" for k, v in out.get("parts_s", {}).items()))
     return out
+
+
+IMPORTS = ("sleepedge.cli", "sleepedge.commands.score", "runtime.scorer", "runtime.session", "runtime.sinks",
+           "sleepedge.edf", "sleepedge.preprocess", "sleepedge.channels", "onnxruntime", "matplotlib.pyplot")
+
+
+def import_times(top: int = 12) -> list[dict]:
+    """`python -X importtime` of what `sleepedge score` imports (matplotlib: the PNG sink), one
+    process: each module at depth 0 (what the score path imports itself) and depth 1 (what those
+    pull in first), by cumulative import time."""
+    code = "import " + ", ".join(IMPORTS)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    rows = []
+    for line in r.stderr.splitlines():
+        if not line.startswith("import time:") or line.count("|") != 2:
+            continue
+        _self, cum, name = line[len("import time:"):].split("|")
+        try:
+            cum_us = int(cum.strip())
+        except ValueError:
+            continue
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        if depth <= 1:
+            rows.append({"module": name.strip(), "depth": depth, "cumulative_s": cum_us / 1e6})
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    return rows[:top]
 
 
 def section_streaming(ctx: dict) -> dict:

@@ -105,6 +105,12 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
                 w("")
                 w("Inside the sinks (not exclusive): " + ", ".join(f"{k} {v:.3f} s ({prof['calls'].get(k, '?')} calls)"
                                                                    for k, v in ow.items()))
+            it = prof.get("import_top_cumulative_s")
+            if it:
+                w("")
+                w("Import cost (`python -X importtime`, top-level modules the score path loads, cumulative): "
+                  + ", ".join(f"`{r['module']}`{' (pulled in)' if r.get('depth') else ''} {r['cumulative_s']:.2f} s"
+                           for r in it[:10]))
             cp = prof.get("cprofile_top_tottime")
             if cp:
                 w("")
