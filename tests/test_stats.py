@@ -159,3 +159,23 @@ def test_dreams_and_sleep_edf_statistics_pinned():
     assert sc["rem_latency_min"] == (35970 - 30630) / 60 == 89.0
     assert (sc["tst_min"], sc["waso_min"]) == (326.5, 34.0)
     assert sc["tib_min"] == 2650 * 0.5         # 2880 epochs minus the 230 trailing '?' epochs
+
+
+def test_profusion_desaturation_drop_filters_odi(tmp_path):
+    def desat(start, nadir, drop):
+        return (f"<ScoredEvent><Name>SpO2 desaturation</Name><Start>{start}</Start><Duration>15</Duration>"
+                f"<Input>SaO2</Input><LowestSpO2>{nadir}</LowestSpO2><Desaturation>{drop}</Desaturation></ScoredEvent>")
+    doc = ('<?xml version="1.0" encoding="utf-8"?><CMPStudyConfig><EpochLength>30</EpochLength><ScoredEvents>'
+           + desat(35, 90, 4) + desat(70, 93, 2) + desat(95, 88, 6.5) + desat(5, 91, 5)
+           + "<ScoredEvent><Name>Obstructive Apnea</Name><Start>40</Start><Duration>12</Duration></ScoredEvent>"
+           + "</ScoredEvents><SleepStages>" + "".join(f"<SleepStage>{c}</SleepStage>" for c in (0, 2, 2, 5))
+           + "</SleepStages></CMPStudyConfig>")
+    path = tmp_path / "x-profusion.xml"
+    path.write_text(doc)
+    hyp, events = read_scoring(path)
+    assert [e.drop_pct for e in events if e.kind == "desaturation"] == [5.0, 4.0, 2.0, 6.5]
+    s = sleep_stats(hyp, events)
+    # sleep = epochs 1..3 (1.5 min = 0.025 h); the desat at 5 s is in wake, the 2 % one is below 3 %
+    assert s["n_desaturation"] == 2 and s["odi"] == pytest.approx(2 / 0.025)
+    assert s["ahi"] == pytest.approx(1 / 0.025)
+    assert sleep_stats(hyp, events, odi_drop_pct=4.5)["n_desaturation"] == 1
