@@ -33,6 +33,8 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
 Stage intervals (EDF+, NSRR, Noxturnal, TSV) are put on the epoch grid by their midpoint: epoch k
 (covering [k*epoch_s, (k+1)*epoch_s)) takes the stage of the interval that contains its midpoint;
 an epoch no interval covers is IGNORE; when intervals overlap the later one in the file wins.
+A stage annotation without a duration (0 s, as some EDF+ exporters write per-epoch markers)
+lasts one epoch.
 """
 
 from __future__ import annotations
@@ -280,6 +282,7 @@ def _intervals_to_stages(intervals: Sequence[tuple[float, float, int]], epoch_s:
         k = int(np.flatnonzero((on < 0) | (du < 0))[0])
         raise ScoringError(f"{source}: stage interval at {on[k]:g} s lasting {du[k]:g} s; expected onset >= 0 "
                            f"and duration >= 0")
+    du = np.where(du == 0, epoch_s, du)   # a duration-less stage marker scores one epoch
     end = float((on + du).max())
     if end > MAX_SCORING_S:
         raise ScoringError(f"{source}: stages run to {end:g} s (> {MAX_SCORING_S / 86400:g} days); "
@@ -745,10 +748,17 @@ def _parse_json(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
 def _check_probs(probs: object, hyp: Hypnogram, path: Path) -> np.ndarray | None:
     if probs is None:
         return None
-    p = np.asarray(probs, dtype=np.float64)
+    try:
+        p = np.asarray(probs, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise OutputError(f"{path}: probs are not numbers; expected a float array (epochs, 5)") from None
     if p.shape != (hyp.n_epochs, len(STAGES)):
         raise OutputError(f"{path}: probs shape {p.shape}; expected ({hyp.n_epochs}, {len(STAGES)}) "
                           f"= (epochs, W..REM)")
+    if not np.isfinite(p).all():
+        k = int(np.flatnonzero(~np.isfinite(p).all(axis=1))[0])
+        raise OutputError(f"{path}: probs of epoch {k} are not finite ({p[k].tolist()}); expected "
+                          f"probabilities (softmax of the stage logits)")
     return p
 
 

@@ -317,6 +317,18 @@ def test_tsv_with_event_column_like_the_simulator_sidecar(tmp_path):
         ("obstructive_apnea", 65.0, 14.5), ("hypopnea", 100.0, 22.0), ("desaturation", 112.0, 18.0)]
 
 
+def test_duration_less_stage_markers_last_one_epoch(tmp_path, edf_module):
+    p = tmp_path / "markers.edf"
+    anns = [edf_module.Annotation(30.0 * k, 0.0, t) for k, t in
+            enumerate(["Sleep stage W", "Sleep stage N1", "Sleep stage N2", "Lights on", "Sleep stage R"])]
+    anns[3] = edf_module.Annotation(95.0, 0.0, "Lights on")
+    anns.append(edf_module.Annotation(100.0, 12.0, "Obstructive Apnea"))
+    edf_module.write_edf(p, [], annotations=anns)
+    hyp, events = read_scoring(p)
+    assert hyp.stages.tolist() == [0, 1, 2, IGNORE, 4]   # gap epoch (no marker) stays unscored
+    assert [(e.kind, e.onset_s) for e in events] == [("obstructive_apnea", 100.0)]
+
+
 def test_unknown_stage_label_error_is_one_line(tmp_path):
     p = tmp_path / "h.tsv"
     p.write_text("onset\tduration\tstage\n0\t30\tW\n30\t30\tDeep\n")
@@ -394,6 +406,10 @@ def test_writer_errors(tmp_path):
         write_hypnogram(tmp_path / "night.xlsx", hyp)
     with pytest.raises(SleepEdgeError, match="probs shape"):
         write_hypnogram(tmp_path / "night.tsv", hyp, probs[:3])
+    bad = probs.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(SleepEdgeError, match="epoch 3"):
+        write_hypnogram(tmp_path / "night.csv", hyp, bad)
     with pytest.raises(SleepEdgeError, match="writable"):
         write_hypnogram(tmp_path / "no" / "such" / "dir.tsv", hyp)
 
