@@ -109,8 +109,9 @@ def sleepedge_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "sleepedge"]
 
 
-def score_job(night, bundle: Path, out: Path) -> list[str]:
-    return [*sleepedge_cmd(), "score", str(night.path), "--model", str(bundle), "--out", str(out), "--quiet"]
+def score_job(night, bundle: Path, out: Path, threads: int | None = None) -> list[str]:
+    cmd = [*sleepedge_cmd(), "score", str(night.path), "--model", str(bundle), "--out", str(out), "--quiet"]
+    return cmd + (["--threads", str(threads)] if threads else [])
 
 
 def stream_job(night, bundle: Path, out: Path) -> list[str]:
@@ -169,7 +170,8 @@ def section_throughput(ctx: dict) -> dict:
     if ctx["bundle"] is not None:
         outs["sleepedge"] = tmp / "sleepedge"
         jobs["sleepedge"] = score_job(night, ctx["bundle"], outs["sleepedge"])
-    if status["yasa"] is None:
+        for th in ctx["extra_threads"]:   # optional extra rows: the same command with --threads N
+            jobs[f"sleepedge --threads {th}"] = score_job(night, ctx["bundle"], tmp / f"sleepedge_t{th}", th)
         outs["yasa"] = tmp / "yasa.json"
         jobs["yasa"] = yasa_job(ctx["bench_py"], night, outs["yasa"])
     if status["gssc"] is None:
@@ -438,6 +440,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--scaling-hours", default=None, help="comma list (default 1,4,8,16,24; --short 0.1,0.2)")
     ap.add_argument("--scaling-runs", type=int, default=None, help="rounds for scaling (default 3; --short 1)")
+    ap.add_argument("--extra-threads", default="", help="comma list: extra `sleepedge score --threads N` rows")
     ap.add_argument("--presets", default="tiny,paper", help="random-weight exports for streaming/export")
     ap.add_argument("--model", type=Path, default=None, help="bundle to benchmark (default: the embedded one)")
     ap.add_argument("--bench-python", default=None, help="python of the venv holding yasa/gssc")
@@ -460,6 +463,7 @@ def main(argv=None) -> int:
         "runs": a.runs or (1 if short else 5), "hours": a.hours or (0.25 if short else 8.0),
         "scaling_hours": [float(x) for x in (a.scaling_hours or ("0.1,0.2" if short else "1,4,8,16,24")).split(",")],
         "scaling_runs": a.scaling_runs or (1 if short else 3), "presets": a.presets,
+        "extra_threads": [int(x) for x in a.extra_threads.split(",") if x.strip()],
         "bench_py": bench_py, "preds": {}, "results": {},
         "agreement_seeds": [7] if short else [7, 8, 9],
     }

@@ -72,6 +72,8 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
                     "yasa": "YASA SleepStaging EEG+EOG+EMG (MNE read, resample 100 Hz)",
                     "gssc": "GSSC EEG only (PEERS loader workaround, torch default threads)"}
             for name, t in thr["tools"].items():
+                if name.startswith("sleepedge --threads"):
+                    what[name] = f"same as sleepedge with `{name[len('sleepedge '):]}` (ORT intra-op threads)"
                 ws, rs = t.get("wall_s", {}), t.get("peak_rss_mb", {})
                 sp = t.get("speedup_vs_yasa")
                 w(f"| {name} | {what.get(name, name)} | {_f(ws.get('median'))} ({_f(ws.get('min'))}-{_f(ws.get('max'))}) | "
