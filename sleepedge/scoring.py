@@ -24,7 +24,8 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
                  skipped, but a stage-like label we do not know (`N5`, `Stage 9`) is an error.
     "dreams"     DREAMS hypnogram text (`[HypnogramAASM]` or `[HypnogramR&K]`, one code per 5-s
                  epoch), converted to 30-s epochs by the majority rule of `_dreams_to_30s`.
-    "tsv"/"csv"  BIDS-style hypnogram: columns onset, duration (optional), stage (names or
+    "tsv"/"csv"  BIDS-style hypnogram: columns onset, duration (optional), stage (or
+                 sleep_stage / stage_hum / stage_ai, first found; names or
                  YASA codes), optional p_W..p_REM columns (ignored on read) and an optional
                  `event` (or `description`) column: a row whose event cell is filled is an
                  event row (its stage cell is not used), e.g. the simulator's truth sidecar.
@@ -182,7 +183,7 @@ def _norm(label: str) -> str:
 # stage names accepted in EDF+, NSRR, Noxturnal, TSV/CSV and JSON files (normalised form)
 _STAGE_LABELS: dict[str, int] = {}
 for _code, _names in {
-    0: ("w", "wake", "awake", "eveil", "veille", "stage w", "sleep stage w", "wake|0", "0"),
+    0: ("w", "wake", "awake", "awa", "eveil", "veille", "stage w", "sleep stage w", "wake|0", "0"),
     1: ("n1", "s1", "1", "stage 1", "stage n1", "sleep stage 1", "sleep stage n1", "stage 1 sleep|1",
         "stade 1", "stade n1"),
     2: ("n2", "s2", "2", "stage 2", "stage n2", "sleep stage 2", "sleep stage n2", "stage 2 sleep|2",
@@ -351,7 +352,7 @@ def _detect(data: bytes, path: Path) -> str:
         header = {_norm(c).strip('"') for c in re.split(r"[,;\t]", lines[0])}
         if header & _NOX_EVENT_COLS and header & _NOX_START_COLS:
             return "noxturnal"
-        if "stage" in header or "sleep_stage" in header:
+        if header & set(_STAGE_COLUMNS):
             return "tsv" if "\t" in lines[0] else "csv"
     raise ScoringError(f"{source}: scoring format not recognised from its content; expected one of "
                        f"{', '.join(READ_FORMATS)} (pass fmt= to force one)")
@@ -675,6 +676,10 @@ def _parse_dreams(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
 
 
 # --------------------------------------------------------------------------- BIDS TSV/CSV, JSON
+# stage column names, in preference order (the BIDS hypnogram draft has stage_hum / stage_ai)
+_STAGE_COLUMNS = ("stage", "sleep_stage", "stage_hum", "stage_ai")
+
+
 def _parse_table(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
     lines = [ln for ln in _lines(text.lstrip("\ufeff")) if ln.strip()]
     if not lines:
@@ -685,7 +690,7 @@ def _parse_table(text: str, source: str) -> tuple[Hypnogram, list[Event]]:
     except csv.Error as exc:
         raise ScoringError(f"{source}: unreadable table ({exc}); expected onset, duration, stage") from None
     header = [_norm(c) for c in rows[0]]
-    i_stage = next((i for i, h in enumerate(header) if h in ("stage", "sleep_stage")), None)
+    i_stage = next((header.index(h) for h in _STAGE_COLUMNS if h in header), None)
     i_onset = next((i for i, h in enumerate(header) if h == "onset"), None)
     i_dur = next((i for i, h in enumerate(header) if h == "duration"), None)
     i_event = next((i for i, h in enumerate(header) if h in ("event", "description")), None)

@@ -296,6 +296,9 @@ def test_bids_tsv_with_names_codes_and_merged_rows(tmp_path):
                  "240\t30\tmovement\n270\t30\tR\n")
     hyp, _ = read_scoring(p)
     assert hyp.stages.tolist() == [0, 0, 1, 2, 2, 2, 3, IGNORE, IGNORE, 4]
+    bids = tmp_path / "sub-01_task-sleep_hypnogram.tsv"   # BIDS draft: human and AI stage columns
+    bids.write_text("onset\tduration\tstage_ai\tstage_hum\n0\t30\tN2\tW\n30\t30\tN2\tN1\n")
+    assert read_scoring(bids)[0].stages.tolist() == [0, 1]
     c = tmp_path / "hyp.csv"
     c.write_text("onset,duration,stage\n0,30,W\n30,30,N3\n")
     assert read_scoring(c)[0].stages.tolist() == [0, 3]
