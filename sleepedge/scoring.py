@@ -3,8 +3,8 @@
 Glossary / layouts
     Hypnogram.stages  int16 (n_epochs,), one AASM code per epoch: W, N1, N2, N3, REM = 0..4,
                       IGNORE (-100) for unscored / movement / "?" epochs (never Wake).
-    epoch_s           epoch length in seconds (30 for every format except a Profusion file
-                      that declares another <EpochLength>).
+    epoch_s           epoch length in seconds (30, unless a Profusion/NSRR <EpochLength> or a
+                      sleepedge JSON says otherwise).
     Event.onset_s     seconds from the hypnogram's first epoch onset (epoch 0 starts at 0 s);
                       may be negative for an event scored before the first staged epoch.
     Event.kind        one of EVENT_KINDS; events of other kinds (limb movements, position,
@@ -22,8 +22,10 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
                  the first stage row (`Hypnogram.start`); gaps in the staging are IGNORE;
                  rows that are neither stages nor EVENT_KINDS (position, artefact, notes) are
                  skipped, but a stage-like label we do not know (`N5`, `Stage 9`) is an error.
-    "dreams"     DREAMS hypnogram text (`[HypnogramAASM]` or `[HypnogramR&K]`, one code per 5-s
-                 epoch), converted to 30-s epochs by the majority rule of `_dreams_to_30s`.
+    "dreams"     DREAMS hypnogram text (`[HypnogramAASM]` 5=W 4=REM 3=N1 2=N2 1=N3, or
+                 `[HypnogramR&K]` with 0=S4; 0/-1/-2/-3 unscored), one code per 5-s epoch. A 30-s
+                 epoch takes the stage held by most of its six 5-s codes; a tie for the top or
+                 an unscored majority gives IGNORE; a trailing incomplete epoch is dropped.
     "tsv"/"csv"  BIDS-style hypnogram: columns onset, duration (optional), stage (or
                  sleep_stage / stage_hum / stage_ai, first found; names or
                  YASA codes), optional p_W..p_REM columns (ignored on read) and an optional
