@@ -28,6 +28,7 @@ from sleepedge.contract import STAGES, TASKS
 from sleepedge.errors import ExportError, SleepEdgeError
 
 from export import gate as gate_mod
+from export.night import build_night_graph
 from export.onnx_export import export_epoch_graph, export_step_graph
 
 SIMULATED_NOTICE = ("trained on SIMULATED nights only; not validated on real sleep recordings, "
@@ -152,11 +153,13 @@ def export_model(model: nn.Module, ckpt: Mapping, out: Path, *, name: str | None
             eg = export_epoch_graph(model, tmp / "epoch.onnx", opset=opset)
             say("export step graph")
             sg = export_step_graph(model, tmp / "step.onnx", opset=opset)
+            say("build night graph")
+            night_entry = build_night_graph(sg.path, tmp / "night.onnx")
             data = gate_mod.gate_data(model, n_epochs=gate_epochs)
             report = gate_mod.run_gate(model, eg.path, sg.path, data, tol=tol, rollout_steps=rollout_steps,
-                                       progress=lambda m: say(f"gate: {m}"))
-            files = {"epoch.onnx": eg.path, "step.onnx": sg.path}
-            graphs = {"epoch": eg.manifest_entry(), "step": sg.manifest_entry()}
+                                       night_path=tmp / "night.onnx", progress=lambda m: say(f"gate: {m}"))
+            files = {"epoch.onnx": eg.path, "step.onnx": sg.path, "night.onnx": tmp / "night.onnx"}
+            graphs = {"epoch": eg.manifest_entry(), "step": sg.manifest_entry(), "night": night_entry}
             engines: dict = {}
             extra_versions: dict = {}
 

@@ -8,7 +8,8 @@ Checks, in order (each failure raises; nothing is written by the caller):
      presence masks: every modality absent in turn, so the masking path is exercised);
    - step graph, one step at batch 7 from a random (non-zero) state, every output incl. states;
    - a `rollout_steps`-long state rollout of the step graph (batch 2: the sequence and its
-     reverse) vs torch `temporal.forward` (the whole-night causal pass) over the same z.
+     reverse) vs torch `temporal.forward` (the whole-night causal pass) over the same z;
+   - the optional whole-night Scan graph over that same sequence in one call.
    The data are a night of preprocessed epochs: `sleepedge.simulate.simulate_night` when it
    exists, else synthetic raw signals (coloured noise with role-typical amplitudes, slow
    modulation) run through `sleepedge.preprocess.preprocess_arrays`; the source is recorded.
@@ -246,15 +247,16 @@ def ort_rollout(sess, z_seq: np.ndarray, state_names, state_shapes) -> dict[str,
 
 
 def run_gate(model: nn.Module, epoch_path: Path, step_path: Path, data: GateData, *,
-             tol: float = FP32_TOL, rollout_steps: int = 512,
+             tol: float = FP32_TOL, rollout_steps: int = 512, night_path: Path | None = None,
              progress: Callable[[str], None] | None = None) -> GateReport:
     """Run checks 1-3 of the module doc; raises GateError, returns the report when all pass."""
     say = progress or (lambda _msg: None)
     model.eval()
     report = GateReport(tolerance=tol, data=data.source, rollout_steps=rollout_steps)
     say("onnx.checker")
-    for p in (epoch_path, step_path):
-        check_onnx(p)
+    for p in (epoch_path, step_path, night_path):
+        if p is not None:
+            check_onnx(p)
     say("onnxruntime load")
     es, ss = ort_session(epoch_path), ort_session(step_path)
 
@@ -297,6 +299,15 @@ def run_gate(model: nn.Module, epoch_path: Path, step_path: Path, data: GateData
     check = {n: _maxdiff(got_seq[n], r.numpy()) for n, r in zip(("stage_logits", "apnea_logit", "hypopnea_logit"), ref_seq)}
     check.update({f"final_{n}": _maxdiff(got_seq[f"final_{n}"], s) for n, s in ref_state.items()})
     report.checks[f"rollout_{rollout_steps}"] = check
+
+    if night_path is not None:  # the Scan graph over the same sequence, in one call
+        say("night graph")
+        ns = ort_session(night_path)
+        feeds = {"z_seq": z_seq, **{n: np.zeros((2, *s[1:]), np.float32) for n, s in zip(temporal.state_names, shapes)}}
+        got = dict(zip([o.name for o in ns.get_outputs()], ns.run(None, feeds)))
+        check = {n: _maxdiff(got[n], r.numpy()) for n, r in zip(("stage_logits", "apnea_logit", "hypopnea_logit"), ref_seq)}
+        check.update({f"final_{n}": _maxdiff(got[f"{n}_out"], s) for n, s in ref_state.items()})
+        report.checks[f"night_{rollout_steps}"] = check
 
     failures = report.failures
     if failures:

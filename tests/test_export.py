@@ -67,7 +67,8 @@ def test_bundle_manifest_and_gate_figures(exported) -> None:
     assert gate["passed"] and gate["tolerance"] == 1e-4
     assert 0.0 < gate["max_abs_diff"] <= 1e-4          # real figure, not a placeholder 0
     assert gate["rollout_steps"] >= 500 and "rollout_512" in gate["checks"]
-    assert set(gate["checks"]) == {"epoch_b1", "epoch_b7", "step_b7", "rollout_512"}
+    assert set(gate["checks"]) == {"epoch_b1", "epoch_b7", "step_b7", "rollout_512", "night_512"}
+    assert m["graphs"]["night"]["inputs"]["z_seq"]["shape"] == ["batch", "epochs", exported["model"].config.d_embed]
     assert "simulate_night" in gate["data"]
     model = exported["model"]
     cfg = model.config
@@ -112,6 +113,10 @@ def test_bundle_runs_in_ort_like_torch(exported) -> None:
         z = model.embed(torch.from_numpy(d.x), torch.from_numpy(d.present))
         ref = model.temporal(z[None])[0][0].numpy()
     assert np.max(np.abs(np.stack(stages) - ref)) <= 1e-4
+    # the whole-night Scan graph, any length (40 here, 512 in the gate), one call
+    ns = ort.InferenceSession(str(b.graph_path("night")), providers=["CPUExecutionProvider"])
+    night = ns.run(["stage_logits"], {"z_seq": z[None].numpy(), **{n: s.zeros(1) for n, s in b.state_specs.items()}})[0]
+    assert night.shape == (1, 40, 5) and np.max(np.abs(night[0] - ref)) <= 1e-4
 
 
 def _tamper_stage_head(src: Path, dst: Path, delta: float = 0.5) -> str:
