@@ -452,3 +452,28 @@ def test_embed_and_step_export_to_onnx_and_match_ort(tmp_path):
             state = o[3:]
     print(f"ONNX vs torch max |diff| = {worst:.3g}")
     assert worst <= 1e-4
+
+
+def test_shared_frame_cnn_tokens_match_per_frame_cnn_away_from_frame_edges():
+    """The edge preset's shared CNN computes the same per-frame features as running the CNN on
+    each frame, up to the frame edges (receptive field): check the pooled interior agrees."""
+    import torch
+
+    from sleepedge.models.config import EncoderConfig
+    from sleepedge.models.neuronet import NeuroNetEncoder
+
+    torch.manual_seed(0)
+    cfg = EncoderConfig(cnn_channels=(4, 8), frame_cnn="shared", d_model=16, n_layers=1, n_heads=2,
+                        decoder_d_model=16, decoder_heads=2)
+    enc = NeuroNetEncoder(cfg).eval()
+    x = torch.randn(2, cfg.epoch_samples, dtype=torch.float64)
+    enc = enc.double()
+    with torch.no_grad():
+        tokens = enc.frame_tokens(x)
+        assert tokens.shape == (2, cfg.n_frames, 16)
+        # full-epoch feature map, pooled by hand under frame 5's window
+        feats = enc.cnn.convs(x.unsqueeze(1))
+        r = cfg.shared_cnn_stride
+        lo = 5 * cfg.frame_step_samples // r
+        manual = enc.cnn.out(feats[..., lo : lo + cfg.frame_samples // r].mean(-1))
+    torch.testing.assert_close(tokens[:, 5], manual)

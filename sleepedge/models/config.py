@@ -94,6 +94,11 @@ class EncoderConfig(_Config):
     frame_s: float = 4.0             # frame window
     frame_step_s: float = 1.0        # frame hop -> 27 frames per 30-s epoch
     cnn_channels: tuple[int, ...] = (16, 32, 64)   # frame CNN widths (one conv stage each)
+    # "per_frame": the seed's layout, the CNN runs on each 4-s frame separately (27 x 400
+    # samples, 3.6x the epoch). "shared": the same CNN runs once over the whole epoch and each
+    # frame token pools the feature map under its 4-s window (identical receptive field up to
+    # the frame edges, 3.6x fewer MACs): the edge default.
+    frame_cnn: str = "per_frame"
     d_model: int = 64                # d
     n_layers: int = 2
     n_heads: int = 4
@@ -118,6 +123,15 @@ class EncoderConfig(_Config):
             )
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"encoder mask_ratio={self.mask_ratio} must be in (0, 1)")
+        if self.frame_cnn not in ("per_frame", "shared"):
+            raise ConfigError(f"encoder frame_cnn={self.frame_cnn!r}; expected 'per_frame' or 'shared'")
+        if self.frame_cnn == "shared":
+            stride = self.shared_cnn_stride
+            if self.frame_step_samples % stride or self.frame_samples % stride:
+                raise ConfigError(
+                    f"frame_cnn='shared' needs the CNN's total stride ({stride}) to divide the frame "
+                    f"step ({self.frame_step_samples}) and window ({self.frame_samples}) in samples"
+                )
         if self.n_frames < 2:
             raise ConfigError(f"frame_s={self.frame_s}/frame_step_s={self.frame_step_s} give fewer than 2 frames")
 
@@ -132,6 +146,11 @@ class EncoderConfig(_Config):
     @property
     def frame_step_samples(self) -> int:
         return int(round(self.frame_step_s * self.fs_hz))
+
+    @property
+    def shared_cnn_stride(self) -> int:
+        """Total stride of the shared CNN: 5 for the first stage, 2 for each later one."""
+        return 5 * 2 ** (len(self.cnn_channels) - 1)
 
     @property
     def n_frames(self) -> int:
@@ -340,11 +359,11 @@ def preset(
     _check_option("preset", name, PRESETS)
     if name == "tiny":
         enc = EncoderConfig(
-            cnn_channels=(16, 32, 64), d_model=96, n_layers=2, n_heads=4,
-            decoder_d_model=48, decoder_layers=1, decoder_heads=4, proj_dim=64,
+            cnn_channels=(8, 16, 32), frame_cnn="shared", d_model=64, n_layers=2, n_heads=4,
+            mlp_ratio=2.0, decoder_d_model=48, decoder_layers=1, decoder_heads=4, proj_dim=64,
         )
         fus = FusionConfig(
-            d_model=64, n_layers=2, n_heads=4,
+            d_model=64, n_layers=2, n_heads=4, mlp_ratio=2.0,
             decoder_d_model=32, decoder_layers=1, decoder_heads=2, proj_dim=64,
         )
         mam = MambaConfig(d_model=64, headdim=64)

@@ -45,8 +45,9 @@ class FrameCNN(nn.Module):
         c_in = 1
         # first kernel spans 0.25 s at fs_hz, stride 3
         k0 = max(3, int(round(0.25 * cfg.fs_hz)) | 1)
+        first_stride = 5 if cfg.frame_cnn == "shared" else 3
         for i, c in enumerate(cfg.cnn_channels):
-            k, s = (k0, 3) if i == 0 else (7, 2)
+            k, s = (k0, first_stride) if i == 0 else (7, 2)
             layers += [nn.Conv1d(c_in, c, k, stride=s, padding=k // 2), nn.GroupNorm(1, c), nn.GELU()]
             c_in = c
         self.convs = nn.Sequential(*layers)
@@ -54,6 +55,13 @@ class FrameCNN(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.out(self.convs(frames).mean(dim=-1))
+
+    def forward_shared(self, x: Tensor, window: int, step: int) -> Tensor:
+        """Whole epochs x [B, 1, S] -> frame tokens [B, N, d]: one CNN pass, then the mean of the
+        feature map under each frame's window (`window`/`step` in feature positions)."""
+        feats = self.convs(x)                                     # [B, C, S / stride]
+        pooled = feats.unfold(-1, window, step).mean(dim=-1)      # [B, C, N]
+        return self.out(pooled.transpose(1, 2))
 
 
 class NeuroNetEncoder(nn.Module):
@@ -84,6 +92,11 @@ class NeuroNetEncoder(nn.Module):
 
     def frame_tokens(self, x: Tensor) -> Tensor:
         """x [B, S] -> frame-CNN tokens f [B, N, d]."""
+        cfg = self.config
+        if cfg.frame_cnn == "shared":
+            self.frames(x)  # shape check
+            r = cfg.shared_cnn_stride
+            return self.cnn.forward_shared(x.unsqueeze(1), cfg.frame_samples // r, cfg.frame_step_samples // r)
         fr = self.frames(x)
         b, n, f = fr.shape
         return self.cnn(fr.reshape(b * n, 1, f)).reshape(b, n, -1)
