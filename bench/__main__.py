@@ -68,7 +68,17 @@ def competitor_status(bench_py: str | None) -> dict:
 
 
 def resolve_bundle(arg: Path | None, workdir: Path) -> tuple[Path | None, str]:
-    """(bundle path, kind): the given one, the embedded default, or the torch-free test fixture."""
+    """(bundle path, kind): the given one, `random:<preset>` (exported here with random weights),
+    the embedded default, or the torch-free test fixture."""
+    if arg is not None and str(arg).startswith("random:"):
+        name = str(arg).split(":", 1)[1]
+        code = ("import sys; from pathlib import Path; from bench.streaming import export_random; "
+                f"p, _ = export_random({name!r}, Path({str(workdir)!r}), log=lambda m: print(m, file=sys.stderr)); print(p)")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=1800)
+        if r.returncode != 0:
+            raise SystemExit(f"export of a random '{name}' bundle failed: {r.stderr[-1000:]}")
+        return Path(r.stdout.strip().splitlines()[-1]), (f"{name} preset with RANDOM weights (exported by the bench; same "
+                                                         "graphs and cost as a trained one, predictions meaningless)")
     if arg is not None:
         return arg, "given"
     try:
@@ -272,7 +282,7 @@ def section_streaming(ctx: dict) -> dict:
            "--workdir", str(ctx["workdir"]), "--epochs", str(12 if ctx["short"] else 200),
            "--paper-epochs", "40", "--presets", "" if ctx["short"] else ctx["presets"]]
     if ctx["bundle"] is not None:
-        cmd += ["--bundle", str(ctx["bundle"]), "--bundle-label", ctx["bundle_kind"].split(" ")[0].lower()]
+        cmd += ["--bundle", str(ctx["bundle"]), "--bundle-label", ctx["bundle_label"]]
     log(f"streaming: per-epoch latency, 1 thread ({'bundle only' if ctx['short'] else 'bundle + ' + ctx['presets']})")
     r = run_timed("streaming", cmd, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, timeout=1800)
     if not (r.ok and pj.exists()):
@@ -329,7 +339,7 @@ def section_export(ctx: dict) -> dict:
 
     paths: dict[str, Path] = {}
     if ctx["bundle"] is not None:
-        paths[ctx["bundle_kind"].split(" ")[0].lower()] = ctx["bundle"]
+        paths[ctx["bundle_label"]] = ctx["bundle"]
     stream = ctx["results"].get("streaming") or {}
     for name, info in (stream.get("exports") or {}).items():
         paths[f"{name}-random"] = Path(info["bundle"])
@@ -358,10 +368,17 @@ def section_export(ctx: dict) -> dict:
             "gate_tolerance": gate.get("tolerance"), "gate_checks": gate.get("checks"),
             "gate_rollout_steps": gate.get("rollout_steps"), "gate_data": gate.get("data"),
             "variants": gate.get("variants"), "simulated": b.simulated,
-            "export_s": (stream.get("exports") or {}).get(label.replace("-random", ""), {}).get("export_s")
-            if label.endswith("-random") else None,
+            "export_s": _export_seconds(p),
         }
     return {"bundles": rows}
+
+
+def _export_seconds(bundle: Path) -> float | None:
+    meta = bundle.with_suffix(".bench.json")   # written by bench.streaming.export_random
+    try:
+        return json.loads(meta.read_text()).get("export_s")
+    except (OSError, ValueError):
+        return None
 
 
 def section_training(ctx: dict) -> dict:
@@ -478,6 +495,8 @@ def main(argv=None) -> int:
             log(f"{tool}: {why} - skipped")
     bundle, kind = resolve_bundle(a.model, a.workdir)
     ctx["bundle"], ctx["bundle_kind"] = bundle, kind
+    ctx["bundle_label"] = (f"{str(a.model).split(':', 1)[1]}-random" if a.model and str(a.model).startswith("random:")
+                           else kind.split(" ")[0].lower())
     log(f"bundle: {kind}: {bundle}")
     meta = {
         "date": utc_now(), "command": f"python -m bench {argv_str}".strip(), "git": git_commit(),
