@@ -83,6 +83,13 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
                 w(f"| {tool} | not run: {why} | - | - | - | - | 0 |")
             w("")
             w("Speed vs YASA = YASA median wall / tool median wall (same run); RSS vs YASA = tool / YASA.")
+            se, ya = thr["tools"].get("sleepedge", {}), thr["tools"].get("yasa", {})
+            if se.get("speedup_vs_yasa") and se.get("rss_vs_yasa") and "--short" not in (thr.get("_run") or {}).get("command", ""):
+                fast, lean = se["speedup_vs_yasa"] >= 10, se["rss_vs_yasa"] < 1
+                w(f"**Goal (sleepedge >= 10x faster than YASA with lower peak RSS): "
+                  f"{'MET' if fast and lean else 'NOT MET'}** - measured {se['speedup_vs_yasa']:.2f}x "
+                  f"({'ok' if fast else 'short of 10x'}), peak RSS {se['rss_vs_yasa']:.2f}x YASA's "
+                  f"({'lower' if lean else 'not lower'}).")
             pairs = {k: v.get("speedup_vs_yasa_paired") for k, v in thr["tools"].items() if v.get("speedup_vs_yasa_paired")}
             for k, v in pairs.items():
                 if v.get("n"):
