@@ -131,6 +131,9 @@ def main() -> None:
         "of_which_edf_annotations": _wrap_inner(sinks_mod, "write_edf_annotations", "edf_annotations"),
         "of_which_json_report": _wrap_inner(sinks_mod, "write_json", "json_report"),
     }
+    for attr in dir(session_mod.Engine):   # any other graph entry point (e.g. a whole-night graph)
+        if attr.startswith("run_") and attr not in ("run_epoch", "run_step"):
+            wrapped[f"graph_{attr[4:]}"] = _wrap(session_mod.Engine, attr, f"graph_{attr[4:]}")
     formats = a.formats or score_cmd.DEFAULT_FORMATS
     result: dict = {"edf": str(a.edf), "model": str(a.model) if a.model else "default", "formats": formats,
                     "threads": a.threads, "wrapped": wrapped}
@@ -157,6 +160,7 @@ def main() -> None:
     score_s = time.perf_counter() - t0
     parts = {k: ACC.get(k, 0.0) for k in ("import", "bundle_load", "session_load", "edf_read", "preprocess",
                                            "epoch_graph", "step_loop", "sinks_per_epoch", "sinks_final")}
+    parts.update({k: v for k, v in ACC.items() if k.startswith("graph_")})
     parts["other"] = max(0.0, score_s - sum(v for k, v in parts.items() if k != "import"))
     result.update({
         "failed": failed, "score_files_s": score_s,

@@ -192,15 +192,15 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
     if ex and ex.get("bundles"):
         w("## Export (from the bundles' manifests)")
         w("")
-        w("| bundle | preset | params | epoch.onnx MB | step.onnx MB | bundle MB | gate max abs diff | tolerance | passed | opset | export s |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        w("| bundle | preset | params | graphs (MB) | bundle MB | gate max abs diff | tolerance | passed | opset | export s |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for k, v in ex["bundles"].items():
             if v.get("error"):
-                w(f"| {k} | error: {v['error'][:120]} | | | | | | | | | |")
+                w(f"| {k} | error: {v['error'][:120]} | | | | | | | | |")
                 continue
             g = v.get("graphs") or {}
-            w(f"| {k} | {v.get('preset')} | {_f(v.get('n_params'), '{:,}')} | {_f(_mb((g.get('epoch') or {}).get('bytes')))} | "
-              f"{_f(_mb((g.get('step') or {}).get('bytes')))} | {_f(_mb(v.get('bundle_bytes')))} | "
+            gtxt = ", ".join(f"{gn} {_f(_mb(gv.get('bytes')))}" for gn, gv in g.items())
+            w(f"| {k} | {v.get('preset')} | {_f(v.get('n_params'), '{:,}')} | {gtxt} | {_f(_mb(v.get('bundle_bytes')))} | "
               f"{_f(v.get('gate_max_abs_diff'), '{:.1e}')} | {_f(v.get('gate_tolerance'), '{:.0e}')} | {v.get('gate_passed')} | "
               f"{v.get('opset')} | {_f(v.get('export_s'), '{:.0f}')} |")
         w("")
