@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 from collections import Counter
 from datetime import datetime
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sleepedge.contract import IGNORE
 from sleepedge.errors import ScoringError, SleepEdgeError
@@ -473,3 +476,21 @@ def test_overlap_rule_kinds():
     assert out["apnea"].dtype == np.uint8 and set(EVENT_KINDS) >= {e.kind for e in evs}
     with pytest.raises(ScoringError):
         events_to_epochs(evs, -1)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(on=st.floats(-100, 1000, allow_nan=False), dur=st.floats(0, 400, allow_nan=False),
+       n=st.integers(0, 40))
+def test_overlap_rule_properties(on, dur, n):
+    lab = events_to_epochs([Event(on, dur, "hypopnea")], n)["hypopnea"]
+    pos = np.flatnonzero(lab)
+    mid = math.floor((on + dur / 2) / 30.0)
+    if 0 <= mid < n:
+        assert lab[mid] == 1                          # the midpoint epoch is always marked
+    if pos.size:
+        assert (np.diff(pos) == 1).all()              # one contiguous run
+        assert pos[0] >= math.floor(on / 30.0) and pos[-1] <= math.floor((on + dur) / 30.0)
+        for k in pos:                                 # every marked epoch: >= 10 s or the midpoint
+            overlap = min(on + dur, 30.0 * (k + 1)) - max(on, 30.0 * k)
+            assert overlap >= 10.0 or k == mid
+    assert lab.sum() <= math.ceil(dur / 30.0) + 1
