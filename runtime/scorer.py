@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from sleepedge.contract import EPOCH_S, Q_MISSING, ROLES, STAGES, quality_names
-from sleepedge.errors import BundleError, ChannelError
+from sleepedge.errors import BundleError, ChannelError, PreprocessError
 
 MAX_BATCH = 8    # epochs per epoch-graph call: tiny SynthSleepNet, 8-h night peak RSS 311 MB at 8 vs 466 MB at 32, same wall time
 
@@ -238,16 +238,23 @@ def score_recording(
     threads: int = 1,
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_progress: Callable[[float, float], None] | None = None,
+    on_header: Callable[[object], None] | None = None,
     block_epochs: int = 32,
 ) -> NightResult:
-    """Score a whole EDF offline through the streaming path; `on_epoch` sees each result as it
-    is scored (the sinks append and flush there), `on_progress(done_s, total_s)` after each block."""
+    """Score a whole EDF offline through the streaming path; `on_header(header)` once the file is
+    open, `on_epoch` sees each result as it is scored (the sinks append and flush there),
+    `on_progress(done_s, total_s)` after each block."""
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
 
     path = Path(edf_path)
     with open_edf(path) as reader:
         header = reader.header
+        if header.duration_s < EPOCH_S:
+            raise PreprocessError(f"{path.name} lasts {header.duration_s:g} s, shorter than one {EPOCH_S:g}-s epoch; "
+                                  "nothing to score (record at least 30 s)")
+        if on_header is not None:
+            on_header(header)
         labels = [s.label for s in header.signals]
         role_map = assign_roles(labels, overrides or {}, roles=ROLES)
         rates = {role: float(header.signal(label).fs_hz) for role, label in role_map.primary.items()}

@@ -117,3 +117,24 @@ def test_demo_simulates_and_scores(bundle_dir, tmp_path):
     rep = json.loads((tmp_path / "demo-night.sleepedge.json").read_text())
     assert rep["n_epochs"] == 30 and rep["notice"] == NOTICE
     assert (tmp_path / "demo-night.sleepedge.png").exists() and "outputs in" in r.output
+
+
+DATA = ROOT.parent / "shared" / "data"
+
+
+def test_real_recordings(bundle_dir, tmp_path):
+    files = [DATA / "sleep-edf" / "short_psg.edf", DATA / "nox-a1-psg-rsleep" / "subject1.edf",
+             DATA / "mne-edf-variants" / "MB0400FU.EDF"]
+    if not all(f.exists() for f in files):
+        pytest.skip("../shared/data real EDF fixtures not present")
+    r = runner.invoke(app, ["score", *map(str, files), "--model", str(bundle_dir), "--out", str(tmp_path),
+                            "--format", "tsv,json"])
+    assert r.exit_code == 1, r.output  # the 29-s EDF+D file cannot hold an epoch
+    assert "MB0400FU.EDF lasts 29 s, shorter than one 30-s epoch" in r.output
+    assert "warning: subject1.edf: read leniently" in r.output  # the reader's quirk, one line
+    sleep_edf = json.loads((tmp_path / "short_psg.sleepedge.json").read_text())
+    assert sleep_edf["n_epochs"] == 10 and sleep_edf["missing_roles"] == ["ECG"]
+    assert sleep_edf["roles_used"] == {"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal", "EMG": "EMG submental"}
+    assert sleep_edf["quality"]["per_role"]["ECG"] == {"missing": 10}
+    nox = json.loads((tmp_path / "subject1.sleepedge.json").read_text())
+    assert nox["n_epochs"] == 4 and nox["missing_roles"] == [] and nox["roles_used"]["EEG"] == "C4-M1"

@@ -8,6 +8,7 @@ Nothing heavy at module level and NO torch anywhere on this path: the runtime is
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -107,7 +108,6 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     from runtime.session import make_sessions
     from runtime.sinks import NightWriter, check_writable, parse_formats
     from sleepedge.channels import parse_overrides
-    from sleepedge.edf import open_edf
     from sleepedge.errors import SleepEdgeError
 
     fmts = parse_formats(formats)
@@ -127,20 +127,30 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
         for rec in recordings:
             rec = Path(rec)
             writer = None
+            stem = _out_stem(rec, used)
             try:
-                with open_edf(rec) as reader:
-                    start = reader.header.start
-                stem = _out_stem(rec, used)
-                writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120, start=start,
-                                     fsync_every=32)
-                factory = _partial_night(str(rec), start, bundle, engine.describe())
-                task = progress.add_task(rec.name, total=1.0)
-                night = score_recording(
-                    rec, bundle, overrides, engine,
-                    on_epoch=lambda r: writer.add(r, factory),
-                    on_progress=lambda done, total: progress.update(task, completed=done / total if total else 1.0),
-                )
-                progress.remove_task(task)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")  # recorded here and shown as one line each below
+                    task = progress.add_task(rec.name, total=1.0)
+                    state: dict = {}
+
+                    def on_header(header, rec=rec, state=state):
+                        state["writer"] = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120,
+                                                      start=header.start, fsync_every=32)
+                        state["factory"] = _partial_night(str(rec), header.start, bundle, engine.describe())
+
+                    try:
+                        night = score_recording(
+                            rec, bundle, overrides, engine, on_header=on_header,
+                            on_epoch=lambda r, state=state: state["writer"].add(r, state["factory"]),
+                            on_progress=lambda done, total, task=task: progress.update(
+                                task, completed=done / total if total else 1.0),
+                        )
+                    finally:
+                        writer = state.get("writer")
+                        progress.remove_task(task)
+                for w in caught:
+                    err.print(f"[yellow]warning: {w.message}[/yellow]")
                 paths = writer.finish(night)
                 rows.append(_summary_row(rec.name, night))
                 if not quiet:
