@@ -67,6 +67,11 @@ def _partial_night(source: str, start, bundle, engine_desc: str):
     return factory
 
 
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def _summary_row(name: str, night) -> list[str]:
     from runtime.sinks import night_report
 
@@ -206,7 +211,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
                 if not quiet and res.index >= writer.n_existing:
                     p = max(res.probs)
                     out_console.print(
-                        f"epoch {res.index:5d}  {res.onset_s / 3600:6.3f} h  {res.stage_name:<3} p={p:.2f}  "
+                        f"epoch {res.index:5d}  {_hms(res.onset_s)}  {res.stage_name:<3} p={p:.2f}  "
                         f"apnea {res.p_apnea:.2f}  hypopnea {res.p_hypopnea:.2f}  {res.quality_str()}  "
                         f"{res.latency_ms:.1f} ms", soft_wrap=True)
                 if max_epochs is not None and len(writer.epochs) >= max_epochs:
@@ -281,7 +286,11 @@ def register(app: typer.Typer) -> None:
         if edf is not None:
             from runtime.sources import EDFReplaySource
 
-            source = EDFReplaySource(edf, overrides, speed=speed, chunk_s=chunk_s)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # shown as one line each below
+                source = EDFReplaySource(edf, overrides, speed=speed, chunk_s=chunk_s)
+            for w in caught:
+                _console().print(f"[yellow]warning: {w.message}[/yellow]")
             stem = (name or edf.stem) + OUT_INFIX
         else:
             from runtime.sources import LSLSource
