@@ -218,7 +218,7 @@ def manifest_summary(bundle) -> dict:
     model = m.get("model") or {}
     prov = m.get("provenance") or {}
     return {
-        "bundle": str(bundle.root), "name": m.get("name", ""), "schema": m.get("schema", ""),
+        "bundle": str(getattr(bundle, "source", bundle.root)), "name": m.get("name", ""), "schema": m.get("schema", ""),
         "created": m.get("created", ""), "family": model.get("family", ""), "preset": model.get("preset", ""),
         "n_params": model.get("n_params"), "modalities": list((m.get("signal") or {}).get("modalities", [])),
         "simulated": bool(getattr(bundle, "simulated", prov.get("simulated", False))),
