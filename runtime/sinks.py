@@ -354,7 +354,7 @@ def write_png(path: Path, night) -> Path:
     y = np.array([depth[e.stage] for e in epochs])
     ax.step(t_h, y, where="post", color="k", lw=1)
     ax.set_yticks(range(5), ["W", "REM", "N1", "N2", "N3"])
-    ax.invert_yaxis()
+    ax.set_ylim(4.4, -0.4)  # W on top, with a margin so a flat line is visible
     title = f"{Path(night.source).name}: sleepedge hypnogram"
     if night.notice:
         title += f"\n{night.notice}"
