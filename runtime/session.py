@@ -175,23 +175,32 @@ class _TrtGraph:
 
 
 class _CudaPython:
+    """cuda-python runtime API; every call returns (cudaError_t, ...) which is checked."""
+
     def __init__(self):
         from cuda import cudart  # cuda-python
 
         self.rt = cudart
 
+    def _ok(self, ret, what: str):
+        err = ret[0] if isinstance(ret, tuple) else ret
+        if int(err) != 0:
+            raise DeviceError(f"CUDA {what} failed ({err}); check the GPU (tegrastats / nvidia-smi) or use --device cpu")
+        return ret[1] if isinstance(ret, tuple) and len(ret) > 1 else None
+
     def alloc(self, n):
-        err, ptr = self.rt.cudaMalloc(n)
-        return int(ptr)
+        return int(self._ok(self.rt.cudaMalloc(n), "cudaMalloc"))
 
     def h2d(self, ptr, arr):
-        self.rt.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        self._ok(self.rt.cudaMemcpy(ptr, arr.ctypes.data, arr.nbytes,
+                                    self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy host->device")
 
     def d2h(self, arr, ptr):
-        self.rt.cudaMemcpy(arr.ctypes.data, ptr, arr.nbytes, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        self._ok(self.rt.cudaMemcpy(arr.ctypes.data, ptr, arr.nbytes,
+                                    self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost), "cudaMemcpy device->host")
 
     def sync(self):
-        self.rt.cudaDeviceSynchronize()
+        self._ok(self.rt.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
     def free(self, ptr):
         self.rt.cudaFree(ptr)
