@@ -334,3 +334,29 @@ def test_score_cli_runs_with_torch_unimportable(bundle_dir, night_edf, tmp_path)
     r = subprocess.run([PY, "-c", BLOCK_TORCH.replace("from sleepedge.cli import run", "import torch")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "torch is blocked" in r.stderr
+
+
+def test_disk_full_mid_way_names_what_was_saved(tmp_path):
+    import errno
+
+    from runtime.sinks import LineSink, read_rows
+
+    p = tmp_path / "a.tsv"
+    s = LineSink(p, "\t")
+    for i in range(3):
+        s.write(_result(i, 1))
+    real = s.fh
+
+    class Full:
+        def write(self, _):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    s.fh = Full()
+    with pytest.raises(OutputError, match=r"a\.tsv failed at epoch 3 \(No space left on device\); epochs 0\.\.2 are saved"):
+        s.write(_result(3, 1))
+    s.fh = real
+    s.close()
+    assert len(read_rows(p)) == 3
