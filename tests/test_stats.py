@@ -179,3 +179,21 @@ def test_profusion_desaturation_drop_filters_odi(tmp_path):
     assert s["n_desaturation"] == 2 and s["odi"] == pytest.approx(2 / 0.025)
     assert s["ahi"] == pytest.approx(1 / 0.025)
     assert sleep_stats(hyp, events, odi_drop_pct=4.5)["n_desaturation"] == 1
+
+
+def test_simulated_night_scoring_round_trip(tmp_path):
+    """The simulator's EDF+ annotations and TSV sidecar read back to its truth; AHI from counts."""
+    sim = pytest.importorskip("sleepedge.simulate")
+    night = sim.simulate_night(hours=1.0, seed=3, ahi=30, montage="sleep-edf")
+    edf, tsv = sim.write_night(night, tmp_path / "night.edf")
+    truth = sorted((e.kind, round(e.onset_s, 2), round(e.duration_s, 2)) for e in night.events)
+    for path in (edf, tsv):
+        hyp, events = read_scoring(path)
+        assert np.array_equal(hyp.stages, night.hypnogram.stages), path.name
+        assert sorted((e.kind, round(e.onset_s, 2), round(e.duration_s, 2)) for e in events) == truth
+    s = sleep_stats(*read_scoring(edf))
+    tst_h = int(np.isin(night.hypnogram.stages, [1, 2, 3, 4]).sum()) * 30 / 3600
+    resp = [e for e in night.events if e.kind in ("obstructive_apnea", "central_apnea", "mixed_apnea", "hypopnea")]
+    in_sleep = sum(1 <= night.hypnogram.stages[int(e.onset_s // 30)] <= 4 for e in resp)
+    assert s["ahi"] == pytest.approx(in_sleep / tst_h)
+    assert abs(s["ahi"] - 30) < 3      # the simulator realises round(ahi x TST h) events
