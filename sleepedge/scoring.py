@@ -369,6 +369,8 @@ def read_scoring(path: str | Path, fmt: str = "auto") -> tuple[Hypnogram, list[E
     path = Path(path)
     if fmt not in ("auto",) + READ_FORMATS:
         raise ScoringError(f"fmt={fmt!r} for {path}: expected 'auto' or one of {', '.join(READ_FORMATS)}")
+    if path.is_dir():
+        raise ScoringError(f"{path}: is a folder; expected a scoring file inside it")
     if not path.is_file():
         raise ScoringError(f"{path}: no such scoring file; check the path")
     if path.stat().st_size > MAX_FILE_BYTES:

@@ -365,6 +365,10 @@ def test_format_detected_from_content_not_extension(tmp_path):
         read_scoring(junk)
     with pytest.raises(ScoringError, match="no such"):
         read_scoring(tmp_path / "missing.tsv")
+    with pytest.raises(ScoringError, match="is a folder"):
+        read_scoring(tmp_path)
+    with pytest.raises(ScoringError, match="fmt="):
+        read_scoring(xml, fmt="xlsx")
 
 
 # --------------------------------------------------------------------------- writers
