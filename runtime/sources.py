@@ -23,7 +23,7 @@ LSLSource         a Lab Streaming Layer inlet resolved by stream name. Channel l
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator, Mapping

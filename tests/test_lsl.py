@@ -119,4 +119,5 @@ def test_lsl_unlabelled_stream_by_index_and_stall_is_stream_error():
         assert time.monotonic() - t0 < 8
         assert len(first) + sum(len(g) for g in rest) == 20 and (first == 3.0).all()
     finally:
-        outlet = None
+        if "outlet" in locals():  # an assertion failed before the sender was closed
+            del outlet
