@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from sleepedge.contract import FS_HZ
-from sleepedge.errors import ExportError
+from sleepedge.errors import ExportError, SleepEdgeError
 
 FP32_TOL = 1e-4
 FP16_MIN_AGREEMENT = 0.995
@@ -159,15 +159,19 @@ def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0) -> GateData:
         from sleepedge.simulate import simulate_night  # type: ignore[attr-defined]
     except ImportError:
         simulate_night = None
+    sim_problem = "sleepedge.simulate.simulate_night was not available"
     if simulate_night is not None:
-        raw, rates = _simulated(simulate_night, roles, n_epochs, seed)
-        source = (f"simulated night (sleepedge.simulate.simulate_night, {n_epochs} epochs, seed {seed}, "
-                  "resampled and preprocessed by preprocess_arrays)")
+        try:
+            raw, rates = _simulated(simulate_night, roles, n_epochs, seed)
+            source = (f"simulated night (sleepedge.simulate.simulate_night, {n_epochs} epochs, seed {seed}, "
+                      "resampled and preprocessed by preprocess_arrays)")
+        except SleepEdgeError as err:  # e.g. calibration parameters missing: say so, use the fallback
+            raw, sim_problem = None, f"simulate_night failed ({err})"
     if raw is None:
         raw = _synthetic_raw(roles, n_epochs, rng)
         rates = {r: float(FS_HZ) for r in roles}
         source = (f"synthetic raw signals (coloured noise, role-typical µV, {n_epochs} epochs, seed {seed}) "
-                  "through preprocess_arrays; sleepedge.simulate.simulate_night was not available")
+                  f"through preprocess_arrays; {sim_problem}")
     data, quality, got_roles = preprocess_arrays(raw, rates, PreprocessConfig())
     x, present = model_input(data, quality, got_roles, roles)
     if len(x) < 8:

@@ -66,6 +66,7 @@ class GraphInfo:
     n_nodes: int
     op_types: list[str] = field(default_factory=list)
     fallback_reason: str = ""
+    warnings: list[str] = field(default_factory=list)   # exporter warnings (recorded, not shown)
 
     def manifest_entry(self) -> dict:
         entry = {
@@ -181,32 +182,38 @@ def _inline(model_proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporters print progress to stdout and warn about known-benign things; keep the
-    CLI's output clean (the messages are kept and shown if export fails)."""
+def _quiet_exporter(caught: list[str] | None = None):
+    """The exporters print progress to stdout and emit known-benign warnings (deprecations,
+    axis renames); keep the CLI's output clean. Warnings are recorded, not dropped: their
+    unique messages go to `caught` (and into GraphInfo.warnings)."""
     buf = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    rec: list = []
     try:
-        with contextlib.redirect_stdout(buf), warnings.catch_warnings():
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
-            warnings.simplefilter("ignore", category=DeprecationWarning)
+        with contextlib.redirect_stdout(buf), warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
             yield buf
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+        if caught is not None:
+            for w in rec:
+                msg = f"{w.category.__name__}: {' '.join(str(w.message).split())[:200]}"
+                if msg not in caught:
+                    caught.append(msg)
 
 
 def _export_one(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
-                dyn_shapes: tuple, opset: int, graph: str, allow_fallback: bool = True) -> tuple[str, str]:
+                dyn_shapes: tuple, opset: int, graph: str, allow_fallback: bool = True,
+                caught: list[str] | None = None) -> tuple[str, str]:
     """Export with dynamo; on failure with TorchScript. Returns (exporter, fallback_reason)."""
     module.eval()
     reason = ""
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with _quiet_exporter(caught), torch.no_grad():
             torch.onnx.export(
                 module, args, str(path), dynamo=True, external_data=False, opset_version=opset,
                 dynamic_shapes=dyn_shapes, input_names=input_names, output_names=output_names,
@@ -219,7 +226,7 @@ def _export_one(module: nn.Module, args: tuple, path: Path, input_names: list[st
             raise ExportError(f"{graph}: the dynamo exporter failed ({reason}); see the model code") from err
     axes = {n: {0: BATCH} for n in [*input_names, *output_names]}
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with _quiet_exporter(caught), torch.no_grad():
             torch.onnx.export(
                 module, args, str(path), dynamo=False, opset_version=opset, input_names=input_names,
                 output_names=output_names, dynamic_axes=axes, do_constant_folding=True,
@@ -234,7 +241,7 @@ def _export_one(module: nn.Module, args: tuple, path: Path, input_names: list[st
 
 
 def _finish(path: Path, name: str, input_names, output_names, exporter: str, reason: str, opset: int,
-            allowed: frozenset[str]) -> GraphInfo:
+            allowed: frozenset[str], caught: list[str]) -> GraphInfo:
     mp = onnx.load(str(path))
     mp = _inline(mp)
     got_in = [i.name for i in mp.graph.input if i.name not in {t.name for t in mp.graph.initializer}]
@@ -250,6 +257,7 @@ def _finish(path: Path, name: str, input_names, output_names, exporter: str, rea
     return GraphInfo(
         name=name, path=path, inputs=_shapes(mp, input_names, "in"), outputs=_shapes(mp, output_names, "out"),
         exporter=exporter, opset=opset, n_nodes=len(mp.graph.node), op_types=ops, fallback_reason=reason,
+        warnings=caught,
     )
 
 
@@ -258,11 +266,12 @@ def export_epoch_graph(model: nn.Module, path: Path, opset: int = 18, allow_fall
     path = Path(path)
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
     args = example_epoch_inputs(model)
+    caught: list[str] = []
     exporter, reason = _export_one(
         EpochGraph(model), args, path, list(EPOCH_INPUTS), list(EPOCH_OUTPUTS),
-        ({0: batch}, {0: batch}), opset, path.name, allow_fallback,
+        ({0: batch}, {0: batch}), opset, path.name, allow_fallback, caught,
     )
-    return _finish(path, "epoch", EPOCH_INPUTS, EPOCH_OUTPUTS, exporter, reason, opset, EPOCH_OPS)
+    return _finish(path, "epoch", EPOCH_INPUTS, EPOCH_OUTPUTS, exporter, reason, opset, EPOCH_OPS, caught)
 
 
 def export_step_graph(model: nn.Module, path: Path, opset: int = 18, allow_fallback: bool = True) -> GraphInfo:
@@ -271,8 +280,9 @@ def export_step_graph(model: nn.Module, path: Path, opset: int = 18, allow_fallb
     batch = torch.export.Dim(BATCH, min=1, max=MAX_BATCH)
     args = example_step_inputs(model)
     ins, outs = step_io_names(model.temporal)
+    caught: list[str] = []
     exporter, reason = _export_one(
         StepGraph(model.temporal), args, path, ins, outs,
-        ({0: batch}, tuple({0: batch} for _ in args[1:])), opset, path.name, allow_fallback,
+        ({0: batch}, tuple({0: batch} for _ in args[1:])), opset, path.name, allow_fallback, caught,
     )
-    return _finish(path, "step", ins, outs, exporter, reason, opset, STEP_OPS)
+    return _finish(path, "step", ins, outs, exporter, reason, opset, STEP_OPS, caught)
