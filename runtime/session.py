@@ -291,7 +291,8 @@ class Engine:
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"device {self.device} (providers: {', '.join(self.providers)}; intra-op threads {self.threads})"
+        text = f"device {self.device} (providers: {', '.join(self.providers)}; intra-op threads {self.threads})"
+        return text + "".join(f"; {n}" for n in self.notes)
 
     def init_state(self) -> dict[str, np.ndarray]:
         return {name: np.zeros([int(d) for d in spec["shape"]], dtype=np.float32)
@@ -350,11 +351,18 @@ def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
             f"--device tensorrt: no TensorRT engine path ({trt_why}) and ONNX Runtime offers no "
             f"TensorrtExecutionProvider (only {', '.join(available)}); use --device auto or cpu"
         )
-    # auto
+    # auto: a bundle engine that will not load here (other GPU / TensorRT build) falls back, noted
+    notes = []
     if trt_ok:
-        return trt_engine()
+        try:
+            return trt_engine()
+        except DeviceError as ex:
+            notes.append(f"TensorRT engine skipped: {ex}")
     if has_ort_trt:
-        return ort_engine("ort-tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
-    if has_ort_cuda:
-        return ort_engine("ort-cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    return ort_engine("cpu", ["CPUExecutionProvider"])
+        eng = ort_engine("ort-tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    elif has_ort_cuda:
+        eng = ort_engine("ort-cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    else:
+        eng = ort_engine("cpu", ["CPUExecutionProvider"])
+    eng.notes = notes
+    return eng
