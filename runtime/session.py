@@ -239,6 +239,22 @@ def _cuda_api():
         return _PyCuda()
 
 
+def _trt_ep_options() -> dict:
+    """ORT TensorRT EP: cache the engines it builds (minutes on a Jetson) across runs, in
+    $SLEEPEDGE_TRT_CACHE or ~/.cache/sleepedge/ort-trt; fp32 (fp16 changes the numbers: export
+    validates fp16 separately)."""
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ.get("SLEEPEDGE_TRT_CACHE") or Path.home() / ".cache" / "sleepedge" / "ort-trt")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as ex:
+        raise DeviceError(f"TensorRT engine cache {cache} cannot be created ({ex.strerror}); "
+                          "set SLEEPEDGE_TRT_CACHE to a writable folder") from None
+    return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache), "trt_fp16_enable": False}
+
+
 def _pick_engines(bundle) -> dict[str, str]:
     """{"epoch": file, "step": file} from the manifest's engines (keys like `epoch_fp16`, entries
     {"file", "graph": "epoch.onnx", "precision", "tensorrt", "gpu"}); fp16 preferred over fp32."""
@@ -322,7 +338,8 @@ def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
     has_ort_cuda = "CUDAExecutionProvider" in available
     trt_ok, trt_why = _trt_engine_available(bundle)
 
-    def ort_engine(name: str, providers: list[str]) -> Engine:
+    def ort_engine(name: str, providers: list) -> Engine:
+        providers = [(p, _trt_ep_options()) if p == "TensorrtExecutionProvider" else p for p in providers]
         epoch = _OrtGraph(bundle, "epoch", providers, threads)
         step = _OrtGraph(bundle, "step", providers, threads)
         return Engine(name, epoch.providers, epoch, step, state_spec, threads)
