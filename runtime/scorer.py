@@ -55,7 +55,11 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(x) -> float:
-    return float(1.0 / (1.0 + np.exp(-float(np.asarray(x).reshape(-1)[0]))))
+    v = float(np.asarray(x).reshape(-1)[0])
+    if v >= 0:  # the stable branch for each sign (no overflow warning for large |v|)
+        return 1.0 / (1.0 + float(np.exp(-v)))
+    e = float(np.exp(v))
+    return e / (1.0 + e)
 
 
 def bundle_roles(bundle) -> tuple[str, ...]:
