@@ -29,7 +29,7 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Keep epochs already i
 def _console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)  # paths/labels may hold [..]
 
 
 def _load_model(model: Path | None):
@@ -124,7 +124,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     err.print(f"model {bundle.name} ({bundle.source}); {engine.describe()}")
     notice = bundle.notice if bundle.simulated else ""
     if notice:
-        err.print(f"[yellow]notice: {notice}[/yellow]")
+        err.print(f"notice: {notice}", style="yellow")
     rows, failed, used = [], 0, set()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeRemainingColumn(), console=err, disable=quiet, transient=True)
@@ -154,8 +154,8 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                     finally:
                         writer = state.get("writer")
                         progress.remove_task(task)
-                for w in caught:
-                    err.print(f"[yellow]warning: {w.message}[/yellow]")
+                        for w in caught:  # also when scoring failed: the quirk may explain it
+                            err.print(f"warning: {w.message}", style="yellow")
                 paths = writer.finish(night)
                 rows.append(_summary_row(rec.name, night))
                 if not quiet:
@@ -167,7 +167,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                 saved = writer.saved() if writer is not None else ""
                 if writer is not None:
                     writer.close()
-                err.print(f"[red]error: {rec}: {ex}[/red]" + (f" (saved: {saved})" if saved else ""), soft_wrap=True)
+                err.print(f"error: {rec}: {ex}" + (f" (saved: {saved})" if saved else ""), soft_wrap=True, style="red")
     if rows:
         _print_table(rows, notice)
     return failed
@@ -196,7 +196,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     err = _console()
     err.print(f"{source.describe()}; {scorer.describe()}; {engine.describe()}")
     if notice:
-        err.print(f"[yellow]notice: {notice}[/yellow]")
+        err.print(f"notice: {notice}", style="yellow")
     if resume and writer.n_existing:
         err.print(f"resume: {writer.n_existing} epochs already in {out}; re-running the model state up to there")
         if hasattr(source, "fast_until_s"):
@@ -246,7 +246,7 @@ def register(app: typer.Typer) -> None:
         """Score whole recordings offline (epoch by epoch with the streaming model state)."""
         failed = score_files(recordings, model, out, format, channel, device, threads, resume, quiet)
         if failed:
-            _console().print(f"[red]{failed} of {len(recordings)} recording(s) failed[/red]")
+            _console().print(f"{failed} of {len(recordings)} recording(s) failed", style="red")
             raise typer.Exit(1)
 
     @app.command()
@@ -290,7 +290,7 @@ def register(app: typer.Typer) -> None:
                 warnings.simplefilter("always")  # shown as one line each below
                 source = EDFReplaySource(edf, overrides, speed=speed, chunk_s=chunk_s)
             for w in caught:
-                _console().print(f"[yellow]warning: {w.message}[/yellow]")
+                _console().print(f"warning: {w.message}", style="yellow")
             stem = (name or edf.stem) + OUT_INFIX
         else:
             from runtime.sources import LSLSource
@@ -323,4 +323,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
         err.print(f"outputs in {out}/ (demo-night{OUT_INFIX}.tsv/.edf/.json/.png)")
         if bundle.simulated:
-            err.print(f"[yellow]notice: {bundle.notice}[/yellow]")
+            err.print(f"notice: {bundle.notice}", style="yellow")
