@@ -297,7 +297,16 @@ def register(app: typer.Typer) -> None:
 
             source = LSLSource(lsl, overrides, timeout_s=timeout_s, chunk_s=chunk_s)
             stem = (name or lsl) + OUT_INFIX
-        stream_source(bundle, source, out, fmts, engine, resume=resume, max_epochs=epochs, quiet=quiet, stem=stem)
+        import signal
+
+        def _term(signum, frame):  # `docker stop` / systemd: finish the outputs like Ctrl-C does
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, _term)
+        try:
+            stream_source(bundle, source, out, fmts, engine, resume=resume, max_epochs=epochs, quiet=quiet, stem=stem)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     @app.command()
     def demo(
