@@ -419,3 +419,26 @@ def test_paper_preset_export_batch1_parity(tmp_path: Path, request) -> None:
     feeds = {"z": z.numpy(), **{n: s.numpy() for n, s in zip(model.temporal.state_names, st)}}
     got = ss.run(None, feeds)
     assert max(float(np.abs(a - r.numpy()).max()) for a, r in zip(got, (sh, ah, hh, *new))) <= 1e-4
+
+
+class _DataDependent(torch.nn.Module):
+    """A Python branch on tensor values: torch.export refuses it, TorchScript tracing records one branch."""
+
+    def forward(self, z):
+        if z.sum() > 0:
+            return z * 2.0
+        return z - 1.0
+
+
+def test_torchscript_fallback_is_used_and_recorded(tmp_path: Path) -> None:
+    from export.onnx_export import _export_one, check_dynamic_batch
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    z = torch.ones(2, 3)
+    exporter, reason = _export_one(_DataDependent(), (z,), tmp_path / "g.onnx", ["z"], ["y"], ({0: batch},), 18, "g.onnx")
+    assert exporter == "torchscript" and reason  # the dynamo failure, in one line
+    mp = onnx.load(str(tmp_path / "g.onnx"))
+    check_dynamic_batch(mp, "g.onnx")           # dynamic_axes kept the batch axis symbolic
+    with pytest.raises(ExportError, match="the dynamo exporter failed"):
+        _export_one(_DataDependent(), (z,), tmp_path / "h.onnx", ["z"], ["y"], ({0: batch},), 18, "h.onnx",
+                    allow_fallback=False)
