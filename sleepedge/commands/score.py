@@ -20,7 +20,7 @@ OUT_INFIX = ".sleepedge"
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle (dir or .zip); default: the embedded tiny model.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Comma list of tsv,csv,edf,json,png.")]
-ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1.")]
+ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1; ROLE=INDEX for an LSL stream without labels.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | tensorrt")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Keep epochs already in OUT's TSV/CSV, write only the rest.")]
@@ -267,8 +267,11 @@ def register(app: typer.Typer) -> None:
         resume: ResumeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print each epoch.")] = False,
     ) -> None:
-        """Score a live stream (LSL) or a replayed EDF epoch by epoch; each epoch is printed and
-        appended to the outputs (flushed + fsynced) as it is scored."""
+        """Score a live LSL stream or a replayed EDF epoch by epoch, printing and saving each epoch.
+
+        Each epoch is appended to the TSV/CSV (flushed + fsynced) as soon as it is scored; the
+        EDF+/JSON are rewritten atomically every 20 epochs and at the end (Ctrl-C, SIGTERM,
+        a stalled stream: what was scored stays on disk)."""
         from runtime.session import make_sessions
         from runtime.sinks import check_writable, parse_formats
         from sleepedge.channels import parse_overrides
