@@ -511,10 +511,16 @@ def _value_info(buf: memoryview) -> TensorIO:
 
 def read_graph_io(path: Path) -> tuple[list[TensorIO], list[TensorIO]]:
     """Inputs (initialisers excluded) and outputs of an ONNX model file, without `onnx`."""
-    data = Path(path).read_bytes()  # sub-views of the buffer are created while walking it
-    if not data:
-        raise ValueError("empty file")
-    buf = memoryview(data)
+    import mmap
+
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            raise ValueError("empty file")
+        # mapped, not read: only the protobuf headers are touched (a paper-size graph is ~0.5 GB).
+        # The map is never closed explicitly: sub-views made while walking keep it alive and it
+        # is released with the last of them.
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = memoryview(mm)
     inputs, outputs, inits = [], [], set()
     graph_seen = False
     for f, wt, v in _fields(buf):
