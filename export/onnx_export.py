@@ -49,7 +49,8 @@ STEP_OPS = frozenset({
     "Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Range",
 })
 # epoch graph: the same plus convolution / normalisation; never control flow or custom ops
-EPOCH_OPS = STEP_OPS | {"Conv", "InstanceNormalization", "BatchNormalization", "Gelu", "Pad", "ReduceL2"}
+EPOCH_OPS = STEP_OPS | {"Conv", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Gelu", "Pad",
+                          "ReduceL2", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMin"}
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
 
 
@@ -250,6 +251,12 @@ def _finish(path: Path, name: str, input_names, output_names, exporter: str, rea
         raise ExportError(
             f"{name}: exported I/O names are {got_in} -> {got_out}; expected {list(input_names)} -> "
             f"{list(output_names)} (an output was folded away or renamed by the exporter)"
+        )
+    got_opset = next((o.version for o in mp.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got_opset != opset:
+        raise ExportError(
+            f"{name}: opset {opset} was requested but the graph was written with opset {got_opset} "
+            "(the ONNX version converter could not convert it); use --opset 18 or higher"
         )
     check_dynamic_batch(mp, name)
     ops = check_ops(mp, name, allowed)

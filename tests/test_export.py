@@ -394,7 +394,7 @@ def test_real_tensorrt_engine(exported, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_paper_preset_export_batch1_parity(tmp_path: Path, request) -> None:
     if "slow" not in (request.config.getoption("-m") or "") and not os.environ.get("SLEEPEDGE_SLOW"):
-        pytest.skip("paper export takes minutes on CPU: run with -m slow or SLEEPEDGE_SLOW=1")
+        pytest.skip("paper export: ~1 min and ~3 GB RAM on CPU; run with -m slow or SLEEPEDGE_SLOW=1")
     import onnxruntime as ort
 
     from export.onnx_export import export_epoch_graph, export_step_graph
@@ -442,3 +442,18 @@ def test_torchscript_fallback_is_used_and_recorded(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="the dynamo exporter failed"):
         _export_one(_DataDependent(), (z,), tmp_path / "h.onnx", ["z"], ["y"], ({0: batch},), 18, "h.onnx",
                     allow_fallback=False)
+
+
+def test_silently_unconverted_opset_is_an_export_error(tmp_path: Path) -> None:
+    """torch writes opset 18 when asked for 17 and the version converter fails: refuse it."""
+    from export.onnx_export import STEP_OPS, _finish
+
+    g = helper.make_graph([helper.make_node("Relu", ["z"], ["y"])], "g",
+                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    info = _finish(path, "g", ["z"], ["y"], "dynamo", "", 18, STEP_OPS, [])
+    assert info.inputs == {"z": ["batch", 4]} and info.n_nodes == 1
+    with pytest.raises(ExportError, match="opset 17 was requested but the graph was written with opset 18"):
+        _finish(path, "g", ["z"], ["y"], "dynamo", "", 17, STEP_OPS, [])

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         trt: Annotated[bool, typer.Option("--trt", help="Also build TensorRT engines (needs TensorRT and the target GPU).")] = False,
         fp16: Annotated[bool, typer.Option("--fp16", help="fp16 graphs (ONNX), or fp16 TensorRT engines with --trt; gated on stage agreement.")] = False,
         int8: Annotated[bool, typer.Option("--int8", help="Add dynamically quantised int8 graphs for CPU; their accuracy cost goes in the manifest.")] = False,
-        opset: Annotated[int, typer.Option("--opset", min=17, max=21, help="ONNX opset.")] = 18,
+        opset: Annotated[int, typer.Option("--opset", min=18, max=21, help="ONNX opset (18-21; the dynamo exporter starts at 18).")] = 18,
         rollout_steps: Annotated[int, typer.Option("--rollout-steps", min=500, help="Length of the step-graph state rollout checked against torch.")] = 512,
         gate_epochs: Annotated[int, typer.Option("--gate-epochs", min=16, help="Epochs of the simulated night the gate scores.")] = 240,
     ) -> None:
