@@ -1,6 +1,6 @@
 """Fit the simulator's parameters on real recordings and ship them as small files.
 
-Run once (``python -m sleepedge.simulate.calibration [DATA_DIR]``); the package then works
+Run once (``python -c "from sleepedge.simulate.calibration import calibrate; calibrate()"``); the package then works
 without ``../shared``. Outputs in ``sleepedge/simulate/params/``:
 
 - ``hypnogram_model.json``  semi-Markov stage model fitted on the 20 Sleep-EDF-20 hypnograms:
@@ -146,6 +146,8 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
         raise CalibrationError(f"{directory}: no SC4*-PSG.npz; point to ../shared/data/sleep-edf-bandpower-78")
     n_dim = 6 * len(SPECTRAL_CHANNELS)
     per_stage_x: list[list[np.ndarray]] = [[] for _ in range(5)]
+    per_stage_rel: list[list[np.ndarray]] = [[] for _ in range(5)]
+    night_totals = []
     night_means: list[list[np.ndarray]] = [[] for _ in range(5)]
     lag_pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(5)]
     for f in files:
@@ -153,12 +155,14 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
             feats = d["features"].astype(np.float64)
             labels = d["labels"].astype(int)
         x = feature_vector(feats)
+        night_totals.append(np.exp(feats[:, :, 0:5]).sum(-1).mean(0))
         for st in range(5):
             m = labels == st
             if m.sum() < 2:
                 continue
             xs = x[m]
             per_stage_x[st].append(xs - xs.mean(0))
+            per_stage_rel[st].append(feats[m][:, :, 5:10])
             night_means[st].append(xs.mean(0))
             idx = np.flatnonzero(m)
             consec = idx[:-1][np.diff(idx) == 1]
@@ -171,11 +175,16 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
         a = np.concatenate([p[0] for p in lag_pairs[st]])
         b = np.concatenate([p[1] for p in lag_pairs[st]])
         rho = float(np.median(np.sum(a * b, 0) / np.sqrt(np.sum(a * a, 0) * np.sum(b * b, 0))))
+        cw, cb = np.cov(within.T, bias=False), np.cov(means.T)
+        rel = np.concatenate(per_stage_rel[st]).astype(np.float64)
+        rel_mean = (rel / rel.sum(-1, keepdims=True)).mean(0)
         stages_out.append({
             "n_epochs": int(within.shape[0]), "n_nights": int(means.shape[0]),
-            "mean": np.round(means.mean(0), 6).tolist(),
-            "cov_within": np.round(np.cov(within.T, bias=False), 6).tolist(),
-            "cov_between": np.round(np.cov(means.T), 6).tolist(),
+            "mean": np.round(_match_rel_mean(means.mean(0), cw + cb, rel_mean), 6).tolist(),
+            "mean_log": np.round(means.mean(0), 6).tolist(),
+            "rel_mean": np.round(rel_mean, 6).tolist(),
+            "cov_within": np.round(cw, 6).tolist(),
+            "cov_between": np.round(cb, 6).tolist(),
             "ar1": round(rho, 6),
         })
     return {
@@ -183,9 +192,12 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
         "channels": list(SPECTRAL_CHANNELS),
         "bands": list(BAND_NAMES),
         "bands_hz": [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0], [12.0, 16.0], [16.0, 30.0]],
+        "mean_note": "'mean' is 'mean_log' shifted (Monte Carlo, seed 0) so that sampled relative powers average to the real 'rel_mean'",
         "vector": "per channel: ln rel_delta..ln rel_beta, ln total 0.5-30 Hz power in units of the night's signal variance (log_* are ln powers of the per-night z-scored signal); channels concatenated",
         "n_dim": n_dim,
         "stages": stages_out,
+        # median over nights of the mean epoch power (0.5-30 Hz) in night-reference units, per channel
+        "night_mean_total": np.round(np.median(np.stack(night_totals), 0), 6).tolist(),
         "provenance": {
             "files": [Path(f).name for f in files],
             "source": "Sleep-EDF-78 cassette band powers (PhysioNet ODC-By 1.0, via a public MIT repository)",
@@ -198,6 +210,7 @@ def fit_amplitude_anchor(short_psg: Path, spectral: dict) -> dict:
     the night's signal SD, so anchor it on the real Sleep-EDF wake EEG in ``short_psg.edf``:
     SD_night = rms(wake, band-passed like the band-power set) / sqrt(mean wake total power)."""
     from sleepedge.edf import open_edf
+    from sleepedge.simulate.spectra import apply_measurement_filter
 
     labels = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
     bands = ((0.5, 30.0), (0.5, 30.0), (0.5, 15.0))
@@ -205,12 +218,29 @@ def fit_amplitude_anchor(short_psg: Path, spectral: dict) -> dict:
     with open_edf(short_psg) as rd:
         for ci, (lab, band) in enumerate(zip(labels, bands)):
             fs = rd.header.signal(lab).fs_hz
-            x = rd.read(lab)
-            sos = sps.butter(4, band, btype="band", fs=fs, output="sos")
-            rms = float(np.std(sps.sosfiltfilt(sos, x)))
+            if fs != 100.0:
+                raise CalibrationError(f"{short_psg}: {lab} at {fs:g} Hz; expected the 100-Hz Sleep-EDF signal")
+            rms = float(np.std(apply_measurement_filter(rd.read(lab), band)))
             wake_total = float(np.exp(spectral["stages"][0]["mean"][ci * 6 + 5]))
             out[SPECTRAL_CHANNELS[ci]] = round(rms / np.sqrt(wake_total), 4)
     return {"night_sd_uv": out, "source": f"{Path(short_psg).name} (300 s of real Sleep-EDF wake)"}
+
+
+def _match_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, n: int = 20000,
+                    n_iter: int = 8) -> np.ndarray:
+    """Shift the log-relative means so that exp + renormalise of Gaussian draws averages to the
+    real arithmetic mean relative powers (a log-normal mean is not exp of the log mean).
+    Deterministic: fixed draws (seed 0) reused across iterations."""
+    w, v = np.linalg.eigh(cov)
+    z = np.random.default_rng(0).standard_normal((n, mu.size)) @ (v * np.sqrt(np.clip(w, 0, None))).T
+    mu = mu.copy()
+    n_ch = mu.size // 6
+    for _ in range(n_iter):
+        lr = (mu + z).reshape(n, n_ch, 6)[:, :, :5]
+        r = np.exp(lr - lr.max(-1, keepdims=True))
+        got = (r / r.sum(-1, keepdims=True)).mean(0)
+        mu.reshape(n_ch, 6)[:, :5] += np.log(rel_mean / got)
+    return mu
 
 
 def feature_vector(features: np.ndarray) -> np.ndarray:

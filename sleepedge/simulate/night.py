@@ -195,7 +195,7 @@ def _artefacts(signals, rates, roles, stages, rng, log):
         fs = rates[lab]
         n = signals[lab].size
         if roles[lab] in ("EEG", "EOG"):  # electrode noise (EMG and ECG carry their own)
-            signals[lab] += rng.uniform(0.3, 2.0) * rng.standard_normal(n)
+            signals[lab] += rng.uniform(0.1, 0.5) * rng.standard_normal(n)
         if fs > 2.2 * line_hz:
             if fs not in base:
                 w = 2 * np.pi * line_hz * np.arange(n) / fs
@@ -317,8 +317,10 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
             band = (0.5, 15.0) if role == "EOG" else (0.5, 30.0)
             g = gain if gain is not None else scale[0] / scale[src]  # central: level of Fpz-Cz
             extras = eeg_mod.transient_signal(onsets, kind, n, fs, rng)
-            if role == "EEG":
-                extras += eeg_mod.arousal_signal(arousals, n, fs, rng)
+            if role == "EEG":  # arousal: a burst of the channel's own wake-like fast activity
+                wake = targets[stages == 0, src] if (stages == 0).any() else targets[:, src]
+                fast_rms = float(np.sqrt(np.median(wake[:, 2:].sum(1)))) * g
+                extras += eeg_mod.arousal_signal(arousals, n, fs, rng, rms_uv=fast_rms)
             x = eeg_mod.channel(targets[:, src] * g**2, extras, fs, rng, band_hz=band)
         elif role == "EMG":
             x = physio.emg(stages, fs, rng, arousals)

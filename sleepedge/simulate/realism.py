@@ -1,10 +1,14 @@
 """Measure a simulated night against the real recordings (used by tests and bench).
 
 Features are computed the way the real Sleep-EDF-78 band-power set was (its .json): resample
-to 100 Hz, band-pass (EEG 0.5-30 Hz, EOG 0.5-15 Hz; zero-phase 4th-order Butterworth here,
-MNE FIR there), per-night z-score of the signal, 30-s epochs, Welch (hamming, 4-s segments,
-50 % overlap, median average), band powers delta..beta -> features (n_epochs, 3, 10) =
-[Fpz-Cz, Pz-Oz, EOG] x [ln power of the z-scored signal (5), relative power (5)].
+to 100 Hz, band-pass (EEG 0.5-30 Hz, EOG 0.5-15 Hz; MNE's default zero-phase FIR), per-night
+normalisation, 30-s epochs, Welch (hamming, 4-s segments, 50 % overlap, median average), band
+powers delta..beta -> features (n_epochs, 3, 10) = [Fpz-Cz, Pz-Oz, EOG] x [ln power in units
+of the night's reference variance (5), relative power (5)].
+The real `log_*` are ln powers of a per-night z-scored signal whose reference variance is not
+recoverable (the real nights' mean 0.5-30 Hz epoch power is ~0.6, not 1, of it); the night
+reference here is chosen so that the night's mean epoch power equals the real nights' median
+(``night_mean_total`` in the spectral model), which puts simulated and real log_* on one scale.
 
 Figures:
   spectral_match      |mean_sim - mean_real| / sd_real per stage x channel x relative band
@@ -24,7 +28,8 @@ from scipy import signal as sps
 
 from sleepedge.contract import EPOCH_S, IGNORE
 from sleepedge.simulate.calibration import SHARED_DATA, crop_to_sleep, load_real_hypnograms
-from sleepedge.simulate.spectra import BANDS_HZ
+from sleepedge.simulate.calibration import load_params
+from sleepedge.simulate.spectra import BANDS_HZ, apply_measurement_filter
 
 SLEEP_EDF_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
 _BANDS = ((0.5, 30.0), (0.5, 30.0), (0.5, 15.0))
@@ -33,21 +38,22 @@ N_TRAIN = 120
 
 def night_features(signals, rates_hz, labels=SLEEP_EDF_LABELS, epoch_s: float = EPOCH_S) -> np.ndarray:
     """(n_epochs, 3, 10) features of three channels, computed like the real band-power set."""
+    ref = load_params("spectral")["night_mean_total"]
     out = []
-    for lab, band in zip(labels, _BANDS):
+    for ci, (lab, band) in enumerate(zip(labels, _BANDS)):
         x = np.asarray(signals[lab], float)
         fs = float(rates_hz[lab])
         if fs != 100.0:
             fr = Fraction(100.0 / fs).limit_denominator(1000)
             x = sps.resample_poly(x, fr.numerator, fr.denominator)
-        x = sps.sosfiltfilt(sps.butter(4, band, btype="band", fs=100.0, output="sos"), x)
-        x = (x - x.mean()) / max(x.std(), 1e-12)
+        x = apply_measurement_filter(x, band)
         n = int(epoch_s * 100)
         n_ep = x.size // n
         f, p = sps.welch(x[: n_ep * n].reshape(n_ep, n), fs=100.0, window="hamming", nperseg=400,
                          noverlap=200, average="median", axis=-1)
         df = f[1] - f[0]
-        bp = np.stack([p[:, (f >= lo) & (f < hi)].sum(1) * df for lo, hi in BANDS_HZ], axis=1) + 1e-10
+        bp = np.stack([p[:, (f >= lo) & (f < hi)].sum(1) * df for lo, hi in BANDS_HZ], axis=1)
+        bp = bp / (bp.sum(1).mean() / ref[ci]) + 1e-10
         out.append(np.concatenate([np.log(bp), bp / bp.sum(1, keepdims=True)], axis=1))
     return np.stack(out, axis=1).astype(np.float32)
 
@@ -131,38 +137,94 @@ def real_hypnograms(directory: Path | None = None) -> list[np.ndarray]:
     return [crop_to_sleep(st) for _, st in load_real_hypnograms(directory or SHARED_DATA / "sleep-edf-hypnograms-sc20")]
 
 
-def flow_envelope(flow: np.ndarray, fs_hz: float, win_s: float = 4.0) -> np.ndarray:
-    """Breath-amplitude envelope of airflow: running peak-to-peak over ``win_s`` (centred)."""
-    from scipy.ndimage import maximum_filter1d, minimum_filter1d
+def flow_envelope(flow: np.ndarray, fs_hz: float, smooth_s: float = 2.0) -> np.ndarray:
+    """Breath-amplitude envelope of airflow: Hilbert amplitude, smoothed over ``smooth_s``."""
+    from scipy.ndimage import uniform_filter1d
 
-    w = max(3, int(win_s * fs_hz))
-    return maximum_filter1d(flow, w, mode="nearest") - minimum_filter1d(flow, w, mode="nearest")
+    env = np.abs(sps.hilbert(flow - np.median(flow)))
+    return uniform_filter1d(env, max(1, int(smooth_s * fs_hz)), mode="nearest")
 
 
 def respiration_check(night, flow_label: str | None = None, spo2_label: str | None = None) -> dict:
     """Measure every respiratory event on the generated signals.
 
-    drop: 1 - median envelope inside the event (its first and last 2 s left out) / median
-    envelope of the 60 s before it (event-free by construction: events are >= 40 s apart).
-    desat: SpO2 baseline (median of the 30 s before the event) minus the minimum from the event
-    onset to 60 s after its end; lag: nadir time - event end."""
+    drop: 1 - RMS of the flow inside the event (1.5 s trimmed at each end) / RMS of the 13 s
+    before it (kept free of other events and their recovery breaths by construction).
+    duration: length of the run around the event's middle where the envelope stays below
+    (1 - drop/2) x its median over those 13 s (the half-drop crossings).
+    desat: highest SpO2 from the event onset to the nadir (the minimum from the onset to 60 s
+    after the event's end) minus that nadir; lag: nadir time - event end."""
     roles = night.roles
     flow_label = flow_label or next(lab for lab in night.signals if roles[lab] == "RESP")
     spo2_label = spo2_label or next(lab for lab in night.signals if roles[lab] == "SPO2")
     fs, fs2 = night.rates_hz[flow_label], night.rates_hz[spo2_label]
-    env = flow_envelope(night.signals[flow_label], fs)
+    flow = night.signals[flow_label]
+    env = flow_envelope(flow, fs)
     sp = night.signals[spo2_label]
     rows = []
+    rms = np.std
     for e in night.meta["respiratory_events"]:
         on, off = e["onset_s"], e["onset_s"] + e["duration_s"]
-        base = np.median(env[max(0, int((on - 60) * fs)): int((on - 5) * fs)])
-        inner = np.median(env[int((on + 2) * fs): int((off - 2) * fs)])
-        low = env[int(on * fs): int(off * fs)] < (1 - (0.9 if e["kind"] != "hypopnea" else 0.3)) * base
-        s_base = np.median(sp[max(0, int((on - 30) * fs2)): int(on * fs2) + 1])
+        base_sl = slice(max(0, int((on - 14) * fs)), int((on - 1) * fs))
+        drop = 1 - rms(flow[int((on + 1.5) * fs): int((off - 1.5) * fs)]) / rms(flow[base_sl])
+        thr = (1 - drop / 2) * np.median(env[base_sl])
+        mid = int((on + off) / 2 * fs)
+        below = env < thr
+        lo = mid
+        while lo > 0 and below[lo - 1]:
+            lo -= 1
+        hi = mid
+        while hi < below.size and below[hi]:
+            hi += 1
         seg = sp[int(on * fs2): int((off + 60) * fs2)]
         k = int(np.argmin(seg))
-        rows.append({"kind": e["kind"], "claimed_drop": e["drop"], "drop": float(1 - inner / base),
-                     "claimed_duration_s": e["duration_s"], "low_s": float(low.sum() / fs),
-                     "desat": float(s_base - seg[k]), "lag_s": float(on + k / fs2 - off)})
+        rows.append({"kind": e["kind"], "claimed_drop": e["drop"], "drop": float(drop),
+                     "claimed_duration_s": e["duration_s"], "duration_s": float((hi - lo) / fs) if below[mid] else 0.0,
+                     "desat": float(seg[: k + 1].max() - seg[k]), "lag_s": float(on + k / fs2 - off)})
     return {"ahi_requested": night.meta["ahi_requested"], "ahi_realised": night.meta["ahi_realised"],
             "events": rows}
+
+
+def simulate_feature_nights(n_nights: int, hours: float, seed0: int = 1000, artefacts: bool = True,
+                            spectra: list[Path] | None = None):
+    """Features + stages of simulated Sleep-EDF-montage nights (sampled, or replaying ``spectra``)."""
+    from sleepedge.simulate.night import simulate_night
+
+    feats, labels = [], []
+    runs = spectra if spectra is not None else [None] * n_nights
+    for i, sp in enumerate(runs):
+        n = simulate_night(hours=hours, seed=seed0 + i, ahi=5.0, montage="sleep-edf", spectra=sp,
+                           artefacts=artefacts)
+        feats.append(night_features(n.signals, n.rates_hz))
+        labels.append(n.hypnogram.stages.astype(int))
+    return feats, labels
+
+
+def measure_all(n_nights: int = 12, hours: float = 8.0, n_hyp_nights: int = 60, resp_seeds=(1, 2, 3),
+                data_dir: Path | None = None) -> dict:
+    """Every realism figure (the bench prints them; tests use smaller versions)."""
+    from sleepedge.simulate.hypnogram import hypnogram_stats, sample_hypnogram
+    from sleepedge.simulate.night import simulate_night
+
+    data_dir = Path(data_dir or SHARED_DATA)
+    real = load_real_bandpower(data_dir / "sleep-edf-bandpower-78")
+    out: dict = {}
+    feats, labels = simulate_feature_nights(n_nights, hours)
+    out["spectral_z"] = spectral_match(feats, labels, [r[1] for r in real], [r[2] for r in real])
+    out["sim_rel_mean"], _ = stage_stats(feats, labels)
+    out["real_rel_mean"], out["real_rel_sd"] = stage_stats([r[1] for r in real], [r[2] for r in real])
+    out["transfer_sampled"] = classifier_transfer(real, feats, labels)
+    test_files = sorted((data_dir / "sleep-edf-bandpower-78").glob("SC4*-PSG.npz"))[N_TRAIN:N_TRAIN + 6]
+    rf, rl = simulate_feature_nights(0, hours, spectra=test_files)
+    out["transfer_replayed"] = classifier_transfer(real, rf, rl)
+    real_h = real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20")
+    n_ep = int(round(np.mean([len(h) for h in real_h])))
+    sim_h = [sample_hypnogram(n_ep, np.random.default_rng(5000 + i)) for i in range(n_hyp_nights)]
+    out["hyp_real"], out["hyp_sim"] = hypnogram_stats(real_h), hypnogram_stats(sim_h)
+    resp = []
+    for s in resp_seeds:
+        for ahi in (5.0, 15.0, 30.0):
+            n = simulate_night(hours=hours, seed=s, ahi=ahi, rates_hz={"EEG": 100, "EOG": 100, "EMG": 100, "ECG": 100})
+            resp.append(respiration_check(n))
+    out["respiration"] = resp
+    return out

@@ -8,7 +8,7 @@ Events (AASM 2012 definitions, placed only in sleep, twice as likely per minute 
 - obstructive apnea: flow drop >= 90 % for >= 10 s with continuing (paradoxical) effort
 - central apnea: flow and effort absent (>= 90 % drop on all three)
 - mixed apnea: central first part, obstructive rest
-- hypopnea: flow drop 35-65 % (>= 30 %) for >= 10 s
+- hypopnea: flow drop 40-70 % (>= 30 %) for >= 10 s
 Each apnea/hypopnea is followed by a desaturation of >= 3 % whose nadir lags the event's
 end by 20-30 s (circulation delay) and, for about 60 % of them, an arousal at termination.
 ``--ahi`` sets the count: round(ahi x total sleep time in hours) events.
@@ -35,7 +35,7 @@ class RespEvent:
     onset_s: float
     duration_s: float
     kind: str
-    drop: float            # fractional flow-amplitude drop (0.9..1 apnea, 0.35..0.65 hypopnea)
+    drop: float            # fractional flow-amplitude drop (0.93..0.99 apnea, 0.4..0.7 hypopnea)
     desat_pct: float       # SpO2 fall that follows
     lag_s: float           # event end -> SpO2 nadir
     arousal: bool
@@ -58,6 +58,10 @@ def place_events(stages: np.ndarray, ahi: float, rng: np.random.Generator,
         return []
     p_ep = weight / wsum
     busy = np.zeros(st.size * int(epoch_s), bool)  # 1-s grid of occupied time (event + recovery)
+    # time kept free after an event for the delayed desaturation to resolve: up to 60 s, less
+    # when the requested AHI leaves no room (severe apnea: cyclic, overlapping desaturations)
+    cycle_s = 3600.0 / max(ahi, 1e-9)
+    post_s = float(np.clip(0.6 * cycle_s - 25.0, 10.0, 60.0))
     events: list[RespEvent] = []
     tries = 0
     while len(events) < n_target and tries < 60 * n_target:
@@ -66,7 +70,7 @@ def place_events(stages: np.ndarray, ahi: float, rng: np.random.Generator,
         dur = float(np.clip(10.5 + rng.gamma(2.0, 6.0 if kind != "hypopnea" else 8.0), 10.5, 90.0))
         ep = int(rng.choice(st.size, p=p_ep))
         on = (ep + rng.random()) * epoch_s
-        a, b = int(on) - 15, int(np.ceil(on + dur)) + 25   # spacing: recovery breaths + resaturation
+        a, b = int(on) - 15, int(np.ceil(on + dur + post_s))   # spacing: recovery breaths + resaturation
         if a < 0 or b > busy.size:
             continue
         e0, e1 = int(on // epoch_s), int((on + dur) // epoch_s)
@@ -74,7 +78,7 @@ def place_events(stages: np.ndarray, ahi: float, rng: np.random.Generator,
             continue
         busy[a:b] = True
         apnea = kind != "hypopnea"
-        drop = rng.uniform(0.92, 0.98) if apnea else rng.uniform(0.35, 0.65)
+        drop = rng.uniform(0.93, 0.99) if apnea else rng.uniform(0.4, 0.7)
         desat = rng.uniform(4.0, 10.0) if apnea else rng.uniform(3.5, 6.0)
         desat *= 1.0 + 0.02 * max(dur - 10.0, 0.0)
         events.append(RespEvent(round(on, 2), round(dur, 2), kind, drop, float(desat),
@@ -150,7 +154,7 @@ def breathing(n_s: float, stages: np.ndarray, events: list[RespEvent], fs: dict[
         if key == "abdomen":
             ph = ph + extra + 0.5 * np.interp(ts, t, paradox)  # out of phase during obstruction
         x = scale * a * wave(ph)
-        x += 0.02 * scale * rng.standard_normal(ts.size)
+        x += 0.005 * scale * rng.standard_normal(ts.size)
         out[key] = x
     return out
 

@@ -124,12 +124,27 @@ def _shape_factor(freqs: np.ndarray) -> np.ndarray:
     return lo * hi
 
 
-def measurement_gain(freqs: np.ndarray, band_hz=(0.5, 30.0), floor: float = 0.3) -> np.ndarray:
-    """|H(f)|² of the zero-phase 4th-order Butterworth band-pass the real band powers were
-    measured after, floored so the compensation never boosts a band more than 1/floor."""
-    sos = sps.butter(4, band_hz, btype="band", fs=100.0, output="sos")
-    _, h = sps.sosfreqz(sos, worN=np.clip(freqs, 0, 49.99), fs=100.0)
-    return np.maximum(np.abs(h) ** 4, floor)  # filtfilt: |H|^2 twice
+def measurement_fir(band_hz=(0.5, 30.0), fs_hz: float = 100.0) -> np.ndarray:
+    """The band-pass the real band powers were measured after: MNE's default FIR (firwin,
+    hamming, 'auto' transition bands: low min(max(0.25 l, 2), l), high min(max(0.25 h, 2),
+    nyq - h); length 3.3 / narrowest transition band), applied zero-phase (one pass)."""
+    lo, hi = band_hz
+    l_tb = min(max(0.25 * lo, 2.0), lo)
+    h_tb = min(max(0.25 * hi, 2.0), fs_hz / 2 - hi)
+    n = int(np.ceil(3.3 / min(l_tb, h_tb) * fs_hz)) | 1
+    return sps.firwin(n, [lo - l_tb / 2, hi + h_tb / 2], window="hamming", pass_zero=False, fs=fs_hz)
+
+
+def apply_measurement_filter(x: np.ndarray, band_hz=(0.5, 30.0)) -> np.ndarray:
+    """Zero-phase FIR band-pass of a 100-Hz signal (see `measurement_fir`)."""
+    return sps.oaconvolve(x, measurement_fir(band_hz), mode="same")
+
+
+def measurement_gain(freqs: np.ndarray, band_hz=(0.5, 30.0), floor: float = 0.1) -> np.ndarray:
+    """|H(f)|² of `measurement_fir`, floored so the compensation never boosts a band more than
+    1/floor (above 50 Hz: the gain at 50 Hz)."""
+    _, h = sps.freqz(measurement_fir(band_hz), worN=np.clip(freqs, 0, 49.99), fs=100.0)
+    return np.maximum(np.abs(h) ** 2, floor)
 
 
 def knot_values(bandpower: np.ndarray, n_iter: int = 6, band_hz=(0.5, 30.0)) -> np.ndarray:
@@ -185,8 +200,8 @@ def shaped_noise(bandpower: np.ndarray, fs_hz: float, rng: np.random.Generator,
 
 def epoch_bandpower(x: np.ndarray, fs_hz: float, epoch_s: float = EPOCH_S, band_hz=(0.5, 30.0),
                     average: str = "median") -> np.ndarray:
-    """Band powers the way the real Sleep-EDF-78 set was computed: band-pass (4th-order
-    Butterworth, zero phase), Welch hamming 4-s, 50 % overlap, median average, at 100 Hz.
+    """Band powers the way the real Sleep-EDF-78 set was computed: band-pass (MNE-like FIR,
+    zero phase), Welch hamming 4-s, 50 % overlap, median average, at 100 Hz.
     x: (n_samples,) µV at fs_hz -> (n_epochs, 5) µV² (trapezoid-free rectangle sum, df = 0.25 Hz)."""
     x = np.asarray(x, float)
     if fs_hz != 100.0:
@@ -194,8 +209,7 @@ def epoch_bandpower(x: np.ndarray, fs_hz: float, epoch_s: float = EPOCH_S, band_
 
         fr = Fraction(100.0 / fs_hz).limit_denominator(1000)
         x = sps.resample_poly(x, fr.numerator, fr.denominator)
-    sos = sps.butter(4, band_hz, btype="band", fs=100.0, output="sos")
-    x = sps.sosfiltfilt(sos, x)
+    x = apply_measurement_filter(x, band_hz)
     n = int(epoch_s * 100)
     n_ep = x.size // n
     f, p = sps.welch(x[: n_ep * n].reshape(n_ep, n), fs=100.0, window="hamming", nperseg=400,
