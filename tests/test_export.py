@@ -239,7 +239,7 @@ def test_single_export_rejects_a_folder(exported) -> None:
 
 
 # ---- TensorRT builder against a fake `tensorrt` module (import boundary only) -------------
-def _fake_trt(version: str, inputs: dict[str, tuple], parse_ok: bool = True) -> types.ModuleType:
+def _fake_trt(version: str, inputs: dict[str, tuple] | None, parse_ok: bool = True) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     calls: dict = {"profile": {}, "flags": [], "workspace": None}
@@ -276,7 +276,12 @@ def _fake_trt(version: str, inputs: dict[str, tuple], parse_ok: bool = True) -> 
         def parse(self, data):
             calls["parsed_bytes"] = len(data)
             if parse_ok:
-                self.network._inputs = [Inp(n, s) for n, s in inputs.items()]
+                ins = inputs
+                if ins is None:  # read the real graph's inputs, as TensorRT would (-1 = dynamic)
+                    g = onnx.load_from_string(bytes(data)).graph
+                    ins = {i.name: tuple(d.dim_value if d.HasField("dim_value") else -1
+                                         for d in i.type.tensor_type.shape.dim) for i in g.input}
+                self.network._inputs = [Inp(n, s) for n, s in ins.items()]
             return parse_ok
 
         def get_error(self, i):
@@ -372,6 +377,22 @@ def test_build_engine_parse_error_and_bad_dims(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(ExportError, match="dynamic non-batch dims"):
         build_engine(src, tmp_path / "g.plan")
     assert not (tmp_path / "g.plan").exists()
+
+
+def test_export_with_trt_puts_engines_in_the_bundle(exported, tmp_path: Path, monkeypatch) -> None:
+    """--trt path end to end with TensorRT faked at the import boundary (no GPU here)."""
+    from export.exporter import export_model
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt("10.3.0", None))
+    res = export_model(exported["model"], {"provenance": {"simulated": True}}, tmp_path / "m.zip",
+                       trt=True, gate_epochs=16, trt_max_batch=4)
+    b = load_bundle(res.out)
+    eng = b.engines
+    assert set(eng) == {"epoch_fp32", "step_fp32"}
+    assert eng["epoch_fp32"]["graph"] == "epoch.onnx" and eng["step_fp32"]["tensorrt"] == "10.3.0"
+    assert eng["epoch_fp32"]["profile"]["x"] == {"min": [1, 4, 3000], "opt": [1, 4, 3000], "max": [4, 4, 3000]}
+    assert b.path("step.fp32.plan").read_bytes() == b"PLAN-10.3.0"
+    assert b.manifest["versions"]["tensorrt"] == "10.3.0"
 
 
 @pytest.mark.trt
