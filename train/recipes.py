@@ -93,7 +93,7 @@ class FinetuneConfig(CommonConfig):
     recipe: str = field(default="finetune", init=False)
     checkpoint: str = ""            # SynthSleepNet checkpoint (pretrain-multimodal); empty = from scratch
     modalities: tuple[str, ...] = CORE_ROLES
-    chunk_len: int = 64             # epochs per truncated-BPTT chunk
+    chunk_len: int = 64             # epochs per truncated-BPTT chunk; 0 = whole nights (parallel scan)
     batch_nights: int = 4           # nights per batch (B)
     encoder_mode: str = "lora"
     modality_dropout: float = 0.3
@@ -485,8 +485,9 @@ def finetune(cfg: FinetuneConfig, info: dist.DistInfo, quiet: bool = False) -> d
 
     if cfg.event_loss not in ("weighted", "focal"):
         raise TrainError(f"--event-loss {cfg.event_loss!r} is not known; use weighted or focal")
-    if cfg.chunk_len < 1 or cfg.batch_nights < 1:
-        raise TrainError("--chunk-len and --batch-nights must be >= 1")
+    if cfg.chunk_len < 0 or cfg.batch_nights < 1:
+        raise TrainError("--chunk-len must be >= 0 (0 = whole nights) and --batch-nights >= 1")
+    whole = cfg.chunk_len == 0
     cache = Cache(Path(cfg.cache))
     split = make_split(cache, cfg)
     model = build_finetune_model(cfg).to(info.device)
@@ -516,7 +517,10 @@ def finetune(cfg: FinetuneConfig, info: dist.DistInfo, quiet: bool = False) -> d
         if m.training and cfg.modality_dropout > 0:
             p = modality_dropout(p, cfg.modality_dropout, gen)
         z = m.embed(x.reshape(B * L, *x.shape[2:]), p)
-        (st, ap, hy), new_state = temporal_chunk(m.temporal, z.reshape(B, L, -1), state)
+        if state is None:  # whole nights: the parallel causal scan (mamba-ssm kernels on CUDA)
+            (st, ap, hy), new_state = m.temporal(z.reshape(B, L, -1)), ()
+        else:
+            (st, ap, hy), new_state = temporal_chunk(m.temporal, z.reshape(B, L, -1), state)
         st0, _, _ = m.epoch_heads(z)
         loss_stage = F.cross_entropy(st.reshape(B * L, -1).float(), stage.reshape(-1), ignore_index=IGNORE)
         loss_epoch = F.cross_entropy(st0.float(), stage.reshape(-1), ignore_index=IGNORE)
@@ -547,26 +551,28 @@ def finetune(cfg: FinetuneConfig, info: dist.DistInfo, quiet: bool = False) -> d
         groups = night_groups(train_ids, cfg.batch_nights, shuffle=True, seed=cfg.seed, epoch=epoch, info=info)
         for group in groups:
             n_max = max(cache.recording(r).n_epochs for r in group)
-            n_chunks = -(-n_max // cfg.chunk_len)
+            length = n_max if whole else cfg.chunk_len
+            n_chunks = -(-n_max // length)
             if info.distributed:
-                t = torch.tensor([n_chunks], dtype=torch.int64)
+                t = torch.tensor([n_max if whole else n_chunks], dtype=torch.int64)
                 torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-                n_chunks = int(t)
-            yield from iter_chunks(cache, group, roles, cfg.chunk_len, n_chunks)
+                length, n_chunks = (int(t), 1) if whole else (length, int(t))
+            yield from iter_chunks(cache, group, roles, length, n_chunks)
 
     chunk_index = {"i": 0}
 
     def step(ch):
         B = ch.x.shape[0]
-        if ch.first or carry["state"] is None or carry["state"][0].shape[0] != B:
-            carry["state"] = model.temporal.init_state(B, device=info.device)
+        if ch.first or whole or carry["state"] is None or carry["state"][0].shape[0] != B:
+            carry["state"] = None if whole else model.temporal.init_state(B, device=info.device)
             chunk_index["i"] = 0
         stage = ch.stage.clone()
         if label_keep:
-            a = chunk_index["i"] * cfg.chunk_len
+            L = stage.shape[1]
+            a = chunk_index["i"] * L
             for i, r in enumerate(ch.rec_ids):
                 if r in label_keep:
-                    k = label_keep[r][a:a + cfg.chunk_len]
+                    k = label_keep[r][a:a + L]
                     drop = np.ones(stage.shape[1], bool)
                     drop[: k.size] = ~k
                     stage[i, torch.from_numpy(drop)] = IGNORE

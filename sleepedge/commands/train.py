@@ -208,7 +208,7 @@ def finetune(
     cache: Cache_, out: Out_,
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", exists=True, dir_okay=False, help="SynthSleepNet model.pt from pretrain-multimodal (default: from scratch).")] = None,
     modalities: Annotated[Optional[List[str]], typer.Option("--modalities", help="Roles when training from scratch (repeatable).")] = None,
-    chunk_len: Annotated[int, typer.Option("--chunk-len", help="Consecutive epochs per truncated-BPTT chunk.")] = 64,
+    chunk_len: Annotated[int, typer.Option("--chunk-len", help="Consecutive epochs per truncated-BPTT chunk (state carried, detached between chunks); 0 = whole nights in one parallel causal scan (mamba-ssm kernels on CUDA).")] = 64,
     batch_nights: Annotated[int, typer.Option("--batch-nights", help="Nights per batch.")] = 4,
     encoder_mode: Annotated[str, typer.Option("--encoder-mode", help="lora | frozen | full.")] = "lora",
     modality_dropout: Annotated[float, typer.Option("--modality-dropout")] = 0.3,
