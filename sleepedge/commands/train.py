@@ -5,6 +5,7 @@ No torch at module level: every command imports `train.*` inside its function.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -116,6 +117,8 @@ def _run(cfg, quiet: bool) -> None:
     from train.recipes import main
 
     metrics = main(cfg, quiet=quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
     summary = {"best_val": metrics["best_val"], "epochs_done": metrics["epochs_done"],
                "stopped_by": metrics["stopped_by"], "throughput_epochs_per_s": round(metrics["throughput_epochs_per_s"], 2)}
     test = metrics.get("test") or {}
