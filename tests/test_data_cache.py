@@ -130,3 +130,19 @@ def test_prepare_errors(tmp_path):
     res = runner.invoke(app, ["data", "prepare", str(tmp_path), "-o", str(tmp_path / "c")])
     assert res.exit_code != 0
     assert "no EDF recordings found" in str(res.exception) or "no EDF recordings found" in res.output
+
+
+def test_trim_wake_keeps_margin_around_sleep(sim_src, tmp_path):
+    from train.cache import sleep_window
+
+    st = np.array([IGNORE, 0, 0, 0, 0, 2, 3, 0, 4, 0, 0, 0, 0, IGNORE], dtype=np.int16)
+    assert sleep_window(st, 2) == (3, 11)
+    assert sleep_window(np.zeros(5, np.int16), 2) == (0, 5)
+    src, _ = sim_src
+    res = runner.invoke(app, ["data", "prepare", str(src), "-o", str(tmp_path / "c"), "--trim-wake-min", "0.5"])
+    assert res.exit_code == 0, res.output
+    rec = Cache(tmp_path / "c").recording("subj0_night1")
+    a, b = sleep_window(STAGES_A, 1)
+    assert np.array_equal(rec.stages, STAGES_A[a:b]) and rec.x.shape[0] == b - a
+    meta = json.loads((tmp_path / "c" / "subj0_night1" / "meta.json").read_text())
+    assert meta["first_epoch"] == a and meta["trim_wake_min"] == 0.5

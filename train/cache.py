@@ -172,9 +172,22 @@ def _fit_length(a: np.ndarray, n: int, fill) -> np.ndarray:
     return out
 
 
+def sleep_window(stages: np.ndarray, wake_margin_epochs: int) -> tuple[int, int]:
+    """[first, last) epochs to keep: from `wake_margin_epochs` before the first scored sleep
+    epoch to as many after the last one (the whole recording when no sleep is scored)."""
+    sleep = np.flatnonzero((stages != IGNORE) & (stages != 0))
+    if sleep.size == 0:
+        return 0, len(stages)
+    return max(0, int(sleep[0]) - wake_margin_epochs), min(len(stages), int(sleep[-1]) + 1 + wake_margin_epochs)
+
+
 def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str] | None = None,
-                      dtype: str = "float16", preprocess_config=None) -> dict:
-    """Read, preprocess and write one recording; returns its metadata dict."""
+                      dtype: str = "float16", preprocess_config=None, trim_wake_min: float | None = None) -> dict:
+    """Read, preprocess and write one recording; returns its metadata dict.
+
+    `trim_wake_min`: keep only this much wake before the first and after the last sleep epoch
+    (Sleep-EDF cassette files hold ~24 h). Trimming happens AFTER the causal preprocessing of
+    the whole recording, so filter and normaliser states are those the runtime would have."""
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
     from sleepedge.preprocess import PreprocessConfig, model_input, preprocess_arrays
@@ -235,6 +248,13 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
         hypop = _fit_length(np.asarray(lab["hypopnea"], np.uint8), n, 0)
         n_events = len(events)
 
+    first, last = 0, n
+    if trim_wake_min is not None and scored:
+        first, last = sleep_window(stages, int(round(trim_wake_min * 60.0 / EPOCH_S)))
+        x, present, full_q = x[first:last], present[first:last], full_q[first:last]
+        stages, apnea, hypop = stages[first:last], apnea[first:last], hypop[first:last]
+        n = last - first
+
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -253,7 +273,8 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
         "source_paths": [str(p) for p in rec.sources],
         "roles_used": roles_used, "channels": {r: rmap.primary[r] for r in roles_used},
         "missing_roles": [r for r in ROLES if r not in roles_used],
-        "n_epochs": n, "stage_counts": counts, "n_events": n_events,
+        "n_epochs": n, "first_epoch": first, "onset_s": first * EPOCH_S, "trim_wake_min": trim_wake_min,
+        "stage_counts": counts, "n_events": n_events,
         "n_apnea_epochs": int(apnea.sum()), "n_hypopnea_epochs": int(hypop.sum()),
         "dtype": dtype,
     }
@@ -272,7 +293,7 @@ class PrepareResult:
 
 
 def prepare_cache(src: Path, cache: Path, overrides: Mapping[str, str] | None = None,
-                  dtype: str = "float16", progress=None) -> PrepareResult:
+                  dtype: str = "float16", progress=None, trim_wake_min: float | None = None) -> PrepareResult:
     """Discover recordings under `src` and add the new/changed ones to `cache`."""
     from sleepedge.preprocess import PreprocessConfig
 
@@ -296,16 +317,18 @@ def prepare_cache(src: Path, cache: Path, overrides: Mapping[str, str] | None = 
             res.failed.append({"rec_id": rec.rec_id, "path": str(rec.psg), "reason": f"unreadable: {err}"})
             continue
         old = entries.get(rec.rec_id)
-        if old is not None and old.get("sources") == sums and (cache / rec.rec_id / "meta.json").is_file():
+        if (old is not None and old.get("sources") == sums and old.get("trim_wake_min") == trim_wake_min
+                and (cache / rec.rec_id / "meta.json").is_file()):
             res.skipped.append(old)
             continue
         try:
-            meta = prepare_recording(rec, cache / rec.rec_id, overrides=overrides, dtype=dtype, preprocess_config=cfg)
+            meta = prepare_recording(rec, cache / rec.rec_id, overrides=overrides, dtype=dtype, preprocess_config=cfg,
+                                     trim_wake_min=trim_wake_min)
         except (SleepEdgeError, OSError, ValueError) as err:  # a corrupt file: report it, go on
             res.failed.append({"rec_id": rec.rec_id, "path": str(rec.psg), "reason": f"{type(err).__name__}: {err}"})
             continue
         entries[rec.rec_id] = {k: meta[k] for k in ("rec_id", "subject", "night", "layout", "simulated", "scored",
-                                                    "sources", "roles_used", "n_epochs", "stage_counts")}
+                                                    "sources", "roles_used", "n_epochs", "stage_counts", "trim_wake_min")}
         res.done.append(meta)
         _write_index(cache, entries, dtype, cfg.to_dict())  # after each recording: interruptions lose nothing
     _write_index(cache, entries, dtype, cfg.to_dict())

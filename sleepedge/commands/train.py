@@ -34,6 +34,7 @@ def prepare(
     out: Annotated[Path, typer.Option("-o", "--out", help="Cache folder (created; re-runs skip done recordings).")],
     channel: Annotated[Optional[List[str]], typer.Option("--channel", help="Role override ROLE=LABEL (repeatable).")] = None,
     dtype: Annotated[str, typer.Option(help="Stored sample type: float16 (half the disk) or float32.")] = "float16",
+    trim_wake_min: Annotated[Optional[float], typer.Option("--trim-wake-min", help="Keep this many minutes of wake around the sleep period (e.g. 30 for 24-h Sleep-EDF cassette files); default: keep all.")] = None,
 ) -> None:
     """Recordings + scorings -> a memory-mapped cache of preprocessed 30-s epochs."""
     from rich.console import Console
@@ -47,7 +48,7 @@ def prepare(
     with console.status("preparing") as status:
         def progress(i, n, rid):
             status.update(f"[{i + 1}/{n}] {rid}")
-        res = prepare_cache(src, out, overrides=overrides, dtype=dtype, progress=progress)
+        res = prepare_cache(src, out, overrides=overrides, dtype=dtype, progress=progress, trim_wake_min=trim_wake_min)
     table = Table(title=f"cache {out}")
     for col in ("recording", "subject", "status", "epochs", "roles / reason"):
         table.add_column(col)
