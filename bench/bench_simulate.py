@@ -44,6 +44,9 @@ def main() -> None:
         print(z[:, ci])
         print("    sim mean rel:"); print(m["sim_rel_mean"][:, ci])
         print("    real mean rel:"); print(m["real_rel_mean"][:, ci])
+    zr = m["spectral_z_replayed"]
+    print(f"\n(1b) spectral match of 6 replayed real test nights vs the same real nights: max {zr[:, :2].max():.2f}")
+    print(zr[:, :2])
     for key in ("transfer_sampled", "transfer_replayed"):
         ct = m[key]
         print(f"\n(2) classifier transfer, {key}: A_real {ct['acc_real']:.3f} (n={ct['n_real_test_epochs']}), "

@@ -89,6 +89,21 @@ def test_bad_inputs_one_line_errors():
         simulate_night(hours=-1)
     with pytest.raises(SimulationError, match="ahi"):
         simulate_night(hours=0.1, ahi=500)
+    with pytest.raises(SimulationError, match="'EEGX': not a role"):
+        simulate_night(hours=0.1, rates_hz={"EEGX": 100})
+    with pytest.raises(SimulationError, match="pass only one"):
+        simulate_night(hypnogram=np.zeros(10, int), spectra="x.npz")
+
+
+def test_any_rates_round_trip(tmp_path):
+    from sleepedge.edf import open_edf
+
+    rates = {"EEG": 512, "EOG": 200, "EMG": 500, "ECG": 128, "RESP": 25, "SPO2": 1}
+    n = simulate_night(hours=0.05, seed=2, rates_hz=rates)
+    edf, _ = write_night(n, tmp_path / "r.edf")
+    with open_edf(edf) as rd:
+        got = {s.label: s.fs_hz for s in rd.header.signals}
+    assert got == n.rates_hz and got["C4-M1"] == 512 and got["SpO2"] == 1
 
 
 def test_cli_simulate(tmp_path):

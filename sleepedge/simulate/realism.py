@@ -217,6 +217,9 @@ def measure_all(n_nights: int = 12, hours: float = 8.0, n_hyp_nights: int = 60, 
     test_files = sorted((data_dir / "sleep-edf-bandpower-78").glob("SC4*-PSG.npz"))[N_TRAIN:N_TRAIN + 6]
     rf, rl = simulate_feature_nights(0, hours, spectra=test_files)
     out["transfer_replayed"] = classifier_transfer(real, rf, rl)
+    byname = {r[0]: r for r in real}
+    out["spectral_z_replayed"] = spectral_match(rf, rl, [byname[f.name][1] for f in test_files],
+                                                [byname[f.name][2] for f in test_files])
     real_h = real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20")
     n_ep = int(round(np.mean([len(h) for h in real_h])))
     sim_h = [sample_hypnogram(n_ep, np.random.default_rng(5000 + i)) for i in range(n_hyp_nights)]

@@ -109,29 +109,39 @@ def breathing(n_s: float, stages: np.ndarray, events: list[RespEvent], fs: dict[
     drift -= uniform_filter1d(drift, int(600 * fs_grid), mode="nearest")
     rate = base * np.exp(irregular * rng.standard_normal(n) * 0.5 + 0.05 * drift)
     rate = uniform_filter1d(rate, 20, mode="nearest")
-    amp_flow = np.exp(0.1 * uniform_filter1d(rng.standard_normal(n), 100, mode="nearest") * 10.0)
+    amp_flow = np.exp(0.06 * uniform_filter1d(rng.standard_normal(n), 100, mode="nearest") * 10.0)
     amp_thor = amp_flow.copy()
     amp_abd = amp_flow.copy()
     paradox = np.zeros(n)
-    for e in events:
+    def reduce(a: np.ndarray, m: np.ndarray, factor: float, base_sl: slice) -> None:
+        # inside the event the amplitude is ``factor`` x the pre-event baseline (AASM: the drop is
+        # measured against the breaths before the event), cosine-blended at the edges
+        base = float(np.mean(a[base_sl]))
+        a *= 1 - m
+        a += m * factor * base
+
+    for e in events:  # in time order: a baseline already carries earlier events' effects
         on, off = e.onset_s, e.onset_s + e.duration_s
         m = _ramp_mask(t, on, off)
+        sel = m > 0
+        base_sl = slice(max(0, int((on - 14) * fs_grid)), max(1, int((on - 1) * fs_grid)))
         keep = 1.0 - e.drop
         if e.kind == "central_apnea":
             for a in (amp_flow, amp_thor, amp_abd):
-                a *= 1 - m * (1 - keep)
+                reduce(a, m, keep, base_sl)
         elif e.kind == "hypopnea":
-            amp_flow *= 1 - m * e.drop
-            amp_thor *= 1 - m * 0.3 * e.drop
-            amp_abd *= 1 - m * 0.3 * e.drop
+            reduce(amp_flow, m, keep, base_sl)
+            reduce(amp_thor, m, 1 - 0.3 * e.drop, base_sl)
+            reduce(amp_abd, m, 1 - 0.3 * e.drop, base_sl)
         else:  # obstructive / mixed: flow absent, effort continues and rises, thorax-abdomen paradox
-            amp_flow *= 1 - m * (1 - keep)
+            reduce(amp_flow, m, keep, base_sl)
             split = on + (0.4 * e.duration_s if e.kind == "mixed_apnea" else 0.0)
-            mc = _ramp_mask(t, on, split) if e.kind == "mixed_apnea" else 0.0
             mo = _ramp_mask(t, split, off)
             crescendo = 1 + 0.6 * np.clip((t - split) / max(off - split, 1.0), 0, 1) * mo
             for a in (amp_thor, amp_abd):
-                a *= (1 - mc * (1 - keep)) * crescendo
+                if e.kind == "mixed_apnea":
+                    reduce(a, _ramp_mask(t, on, split), keep, base_sl)
+                a[sel] *= crescendo[sel]
             paradox = np.maximum(paradox, mo)
         # recovery breaths: larger and faster for ~10 s after the event (not inside it)
         rec = _ramp_mask(t, off, off + 10.0, 2.0)
@@ -139,7 +149,7 @@ def breathing(n_s: float, stages: np.ndarray, events: list[RespEvent], fs: dict[
             a *= 1 + 0.8 * rec
         rate *= 1 + 0.25 * rec
     phase = np.cumsum(rate) / fs_grid
-    out = {"rate_hz_10hz": rate, "phase_10hz": phase, "paradox_10hz": paradox}
+    out = {"rate_hz_10hz": rate, "phase_10hz": phase, "paradox_10hz": paradox, "flow_amp_10hz": amp_flow}
 
     def wave(ph):  # inspiration ~40 % of the cycle, expiration slower
         x = ph % 1.0
