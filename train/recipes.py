@@ -101,6 +101,7 @@ class FinetuneConfig(CommonConfig):
     focal_gamma: float = 2.0
     epoch_head_weight: float = 0.5  # auxiliary loss on the context-free epoch heads
     label_fraction: float = 1.0
+    eeg_only_prob: float = 0.2      # P(a night's chunk is shown with EEG alone): single-channel devices
 
 
 CONFIGS = {"pretrain-unimodal": UnimodalConfig, "pretrain-multimodal": MultimodalConfig,
@@ -510,9 +511,19 @@ def finetune(cfg: FinetuneConfig, info: dist.DistInfo, quiet: bool = False) -> d
     pw_a = event_pos_weight(cache, train_ids, "apnea")
     pw_h = event_pos_weight(cache, train_ids, "hypopnea")
     gen = torch.Generator(device=info.device).manual_seed(cfg.seed + 17 * info.rank)
+    eeg_col = roles.index("EEG") if "EEG" in roles and len(roles) > 1 else None
+    if not 0.0 <= cfg.eeg_only_prob <= 1.0:
+        raise TrainError(f"--eeg-only-prob {cfg.eeg_only_prob} must be in [0, 1]")
 
     def loss_fn(m, x, present, stage, apnea, hypop, valid, state):
         B, L = x.shape[:2]
+        if m.training and eeg_col is not None and cfg.eeg_only_prob > 0:
+            # whole chunks of a night seen through EEG alone (what a headband records)
+            solo = (torch.rand(B, device=present.device, generator=gen) < cfg.eeg_only_prob)
+            solo = solo & (present[:, :, eeg_col].sum(1) > 0)
+            keep = torch.zeros_like(present[:1, :1])
+            keep[..., eeg_col] = 1.0
+            present = torch.where(solo[:, None, None], present * keep, present)
         p = present.reshape(B * L, -1)
         if m.training and cfg.modality_dropout > 0:
             p = modality_dropout(p, cfg.modality_dropout, gen)

@@ -218,6 +218,7 @@ def finetune(
     modality_dropout: Annotated[float, typer.Option("--modality-dropout")] = 0.3,
     event_loss: Annotated[str, typer.Option("--event-loss", help="weighted (BCE pos_weight) | focal.")] = "weighted",
     label_fraction: Annotated[float, typer.Option("--label-fraction")] = 1.0,
+    eeg_only_prob: Annotated[float, typer.Option("--eeg-only-prob", help="Probability that a night's chunk is shown with EEG alone.")] = 0.2,
     preset: Preset_ = "tiny", epochs: Epochs_ = 10, batch_size: Batch_ = 4, lr: Lr_ = 5e-4, seed: Seed_ = 0,
     device: Device_ = "auto", max_minutes: Minutes_ = None, resume: Resume_ = False, quiet: Quiet_ = False,
 ) -> None:
@@ -228,6 +229,7 @@ def finetune(
     _run(FinetuneConfig(checkpoint=str(checkpoint) if checkpoint else "", modalities=_roles(modalities, CORE_ROLES),
                         chunk_len=chunk_len, batch_nights=batch_nights, encoder_mode=encoder_mode,
                         modality_dropout=modality_dropout, event_loss=event_loss, label_fraction=label_fraction,
+                        eeg_only_prob=eeg_only_prob,
                         **_common(cache, out, preset, epochs, batch_size, lr, seed, device, max_minutes, resume)), quiet)
 
 
