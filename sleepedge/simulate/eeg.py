@@ -14,8 +14,6 @@ Units: µV; onsets in s; rates in events per minute of that stage; fs_hz per cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from scipy import signal as sps
 
@@ -35,13 +33,6 @@ RATES_PER_MIN: dict[str, tuple[float, float, float, float, float]] = {
     "slow_eye": (0.5, 2.5, 0.5, 0.1, 0.5),
     "blink": (10.0, 1.0, 0.05, 0.0, 0.1),
 }
-
-
-@dataclass
-class TransientLog:
-    """What was placed: kind -> onsets in s (for tests and the meta record)."""
-
-    onsets_s: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def poisson_onsets(stages: np.ndarray, rates_per_min, rng: np.random.Generator,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleepedge.contract import EPOCH_S, IGNORE
+from sleepedge.contract import EPOCH_S
 from sleepedge.errors import SleepEdgeError
 from sleepedge.simulate.calibration import bouts, hour_bin, load_params, third_bin
 
@@ -89,4 +89,4 @@ def epochs_for_hours(hours: float) -> int:
 
 
 __all__ = ["SimulationError", "sample_hypnogram", "hypnogram_stats", "transition_probabilities",
-           "epochs_for_hours", "IGNORE"]
+           "epochs_for_hours"]

@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sps
 
-from sleepedge.contract import EPOCH_S, IGNORE
-from sleepedge.simulate.calibration import SHARED_DATA, crop_to_sleep, load_real_hypnograms
-from sleepedge.simulate.calibration import load_params
+from sleepedge.contract import EPOCH_S
+from sleepedge.simulate.calibration import SHARED_DATA, crop_to_sleep, load_params, load_real_hypnograms
 from sleepedge.simulate.spectra import BANDS_HZ, apply_measurement_filter
 
 SLEEP_EDF_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
