@@ -43,5 +43,7 @@ def register(app: typer.Typer) -> None:
         with console.status(f"writing {output}..."):
             edf_path, tsv_path = write_night(night, output)
         m = night.meta
+        for w in m.get("warnings", []):
+            typer.secho(f"warning: {w}", err=True, fg=typer.colors.YELLOW)
         typer.echo(f"wrote {edf_path} ({len(night.signals)} channels, {m['hours']:.2f} h, stages from {m['stage_source']}, "
                    f"AHI {m['ahi_realised']:.1f}/h) and {tsv_path}  [SIMULATED]")

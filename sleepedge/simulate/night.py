@@ -350,7 +350,12 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
         events.append(Event(float(on), float(dur), "arousal", EVENT_TEXT["arousal"]))
     events.sort(key=lambda ev: (ev.onset_s, ev.kind))
     tst_h = float(((stages >= 1) & (stages <= 4)).sum() * EPOCH_S / 3600.0)
+    warnings = []
+    if len(resp_events) < int(round(ahi * tst_h)):
+        warnings.append(f"placed {len(resp_events)} of {int(round(ahi * tst_h))} requested respiratory events: "
+                        f"the sleep periods leave no room for more (AHI {len(resp_events) / max(tst_h, 1e-9):.1f})")
     meta = {
+        "warnings": warnings,
         "notice": NOTICE, "simulated": True, "seed": seed, "montage": montage,
         "stage_source": stage_source, "hours": n_s / 3600.0, "tst_h": tst_h,
         "ahi_requested": ahi, "ahi_realised": (len(resp_events) / tst_h) if tst_h > 0 else 0.0,

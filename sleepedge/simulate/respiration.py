@@ -60,17 +60,20 @@ def place_events(stages: np.ndarray, ahi: float, rng: np.random.Generator,
     busy = np.zeros(st.size * int(epoch_s), bool)  # 1-s grid of occupied time (event + recovery)
     # time kept free after an event for the delayed desaturation to resolve: up to 60 s, less
     # when the requested AHI leaves no room (severe apnea: cyclic, overlapping desaturations)
+    # (severe apnea: cyclic, overlapping desaturations, shorter events and breathing gaps)
     cycle_s = 3600.0 / max(ahi, 1e-9)
-    post_s = float(np.clip(0.6 * cycle_s - 25.0, 10.0, 60.0))
+    post_s = float(np.clip(0.6 * cycle_s - 25.0, 5.0, 60.0))
+    pre_s = float(np.clip(0.25 * cycle_s - 5.0, 4.0, 15.0))
+    dur_scale = float(np.clip(cycle_s / 120.0, 0.3, 1.0))
     events: list[RespEvent] = []
     tries = 0
     while len(events) < n_target and tries < 60 * n_target:
         tries += 1
         kind = kinds[int(rng.choice(len(kinds), p=probs))]
-        dur = float(np.clip(10.5 + rng.gamma(2.0, 6.0 if kind != "hypopnea" else 8.0), 10.5, 90.0))
+        dur = float(np.clip(10.5 + rng.gamma(2.0, (6.0 if kind != "hypopnea" else 8.0) * dur_scale), 10.5, 90.0))
         ep = int(rng.choice(st.size, p=p_ep))
         on = (ep + rng.random()) * epoch_s
-        a, b = int(on) - 15, int(np.ceil(on + dur + post_s))   # spacing: recovery breaths + resaturation
+        a, b = int(on - pre_s), int(np.ceil(on + dur + post_s))   # spacing: breaths before, recovery + resaturation after
         if a < 0 or b > busy.size:
             continue
         e0, e1 = int(on // epoch_s), int((on + dur) // epoch_s)
