@@ -71,10 +71,9 @@ def run() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as ex:  # click usage errors
-        import click
-
-        if isinstance(ex, click.exceptions.ClickException):
+    except Exception as ex:
+        # usage errors of click (or of the click that Typer vendors): message + exit code, no traceback
+        if callable(getattr(ex, "show", None)) and isinstance(getattr(ex, "exit_code", None), int):
             ex.show()
             sys.exit(ex.exit_code)
         raise
