@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT)) if str(ROOT) not in sys.path else None  # run from a checkout without install
 SPECTRA = ROOT.parent / "shared" / "data" / "sleep-edf-bandpower-78"
 CORE = ("EEG", "EOG", "EMG", "ECG")
 MAX_EPOCHS = 11 * 120
