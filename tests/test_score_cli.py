@@ -138,3 +138,16 @@ def test_real_recordings(bundle_dir, tmp_path):
     assert sleep_edf["quality"]["per_role"]["ECG"] == {"missing": 10}
     nox = json.loads((tmp_path / "subject1.sleepedge.json").read_text())
     assert nox["n_epochs"] == 4 and nox["missing_roles"] == [] and nox["roles_used"]["EEG"] == "C4-M1"
+
+
+def test_default_bundle_scores_when_shipped(edfs, tmp_path):
+    from sleepedge.bundle import default_bundle_path
+
+    if not default_bundle_path().exists():
+        pytest.skip("the embedded default bundle (sleepedge/assets/default.sleepedge) is not built yet")
+    r = runner.invoke(app, ["score", str(edfs[0]), "--out", str(tmp_path), "--format", "tsv,json", "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "a.sleepedge.json").read_text())
+    assert rep["n_epochs"] == 12 and rep["model"]["bundle"] == str(default_bundle_path())
+    if rep["model"]["simulated"]:
+        assert rep["notice"] and rep["notice"] in r.output
