@@ -94,13 +94,17 @@ class StreamingScorer:
     """
 
     def __init__(self, bundle, rates_hz: Mapping[str, float], engine=None, *, device: str = "auto", threads: int = 1):
-        from sleepedge.preprocess import CausalPreprocessor
+        from sleepedge.preprocess import CausalPreprocessor, usable_rates
 
         self.bundle = bundle
         self.model_roles = bundle_roles(bundle)
+        self.extra_roles = sorted(r for r in rates_hz if r not in self.model_roles)
+        # a role whose channel is too slow for its band (1-Hz EMG envelopes) counts as missing
+        rates_hz, self.unusable_roles = usable_rates(
+            {r: v for r, v in rates_hz.items() if r in self.model_roles}, _preprocess_config(bundle)
+        )
         self.present_roles = [r for r in self.model_roles if r in rates_hz]
         self.missing_roles = [r for r in self.model_roles if r not in rates_hz]
-        self.extra_roles = sorted(r for r in rates_hz if r not in self.model_roles)
         if not self.present_roles:
             raise ChannelError(
                 f"the recording has roles {sorted(rates_hz)} but the model needs at least one of "
@@ -121,6 +125,8 @@ class StreamingScorer:
         parts = [f"roles used {list(self.pre.roles)}"]
         if self.missing_roles:
             parts.append(f"missing {self.missing_roles} (presence mask 0)")
+        for reason in self.unusable_roles.values():
+            parts.append(reason)
         if self.extra_roles:
             parts.append(f"ignored {self.extra_roles} (the model does not use them)")
         return "; ".join(parts)

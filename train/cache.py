@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sleepedge.contract import EPOCH_S, EPOCH_SAMPLES, IGNORE, ROLES
+from sleepedge.contract import EPOCH_S, EPOCH_SAMPLES, IGNORE, Q_MISSING, ROLES
 from sleepedge.errors import SleepEdgeError
 
 SCHEMA = "sleepedge.cache/1"
@@ -190,7 +190,7 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
     the whole recording, so filter and normaliser states are those the runtime would have."""
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
-    from sleepedge.preprocess import PreprocessConfig, model_input, preprocess_arrays
+    from sleepedge.preprocess import PreprocessConfig, model_input, preprocess_arrays, usable_rates
     from sleepedge.scoring import events_to_epochs, read_scoring
 
     cfg = preprocess_config or PreprocessConfig()
@@ -202,15 +202,17 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
             info = reader.header.signal(label)
             signals[role] = np.asarray(reader.read(label), dtype=np.float64)
             rates[role] = float(info.fs_hz)
-    if not signals:
-        raise CacheError(f"{rec.psg.name}: no channel maps to any role {list(ROLES)} (labels {labels}); pass --channel ROLE=LABEL")
-    roles_used = [r for r in ROLES if r in signals]
+    rates, unusable = usable_rates(rates, cfg)  # 1-Hz EMG envelopes etc. count as missing
+    if not rates:
+        raise CacheError(f"{rec.psg.name}: no usable channel maps to any role {list(ROLES)} (labels {labels}"
+                         f"{'; ' + '; '.join(unusable.values()) if unusable else ''}); pass --channel ROLE=LABEL")
+    roles_used = [r for r in ROLES if r in rates]
     data, quality, pre_roles = preprocess_arrays({r: signals[r] for r in roles_used}, {r: rates[r] for r in roles_used}, cfg)
     x, present = model_input(data, quality, tuple(pre_roles), ROLES)
     n = int(x.shape[0])
     if n == 0:
         raise CacheError(f"{rec.psg.name}: shorter than one {EPOCH_S:.0f}-s epoch; nothing to cache")
-    full_q = np.full((n, len(ROLES)), 32, dtype=np.uint8)  # Q_MISSING where the role is absent
+    full_q = np.full((n, len(ROLES)), Q_MISSING, dtype=np.uint8)
     for j, r in enumerate(pre_roles):
         full_q[:, ROLES.index(r)] = quality[:, j]
 
@@ -272,7 +274,7 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
         "sources": {p.name: sha256_file(p) for p in rec.sources},
         "source_paths": [str(p) for p in rec.sources],
         "roles_used": roles_used, "channels": {r: rmap.primary[r] for r in roles_used},
-        "missing_roles": [r for r in ROLES if r not in roles_used],
+        "missing_roles": [r for r in ROLES if r not in roles_used], "unusable_roles": unusable,
         "n_epochs": n, "first_epoch": first, "onset_s": first * EPOCH_S, "trim_wake_min": trim_wake_min,
         "stage_counts": counts, "n_events": n_events,
         "n_apnea_epochs": int(apnea.sum()), "n_hypopnea_epochs": int(hypop.sum()),
