@@ -291,5 +291,5 @@ def score_recording(
             source=str(path), epochs=results, start=header.start, roles_used=used,
             missing_roles=list(scorer.missing_roles), extra_roles=list(scorer.extra_roles),
             engine=scorer.engine.describe(), manifest_summary=summary, notice=summary["notice"] if summary["simulated"] else "",
-            warnings=list(header.warnings),
+            warnings=list(header.warnings) + [f"{role_map.primary[r]}: {why}" for r, why in scorer.unusable_roles.items()],
         )

@@ -133,8 +133,10 @@ def test_real_recordings(bundle_dir, tmp_path):
     assert "MB0400FU.EDF lasts 29 s, shorter than one 30-s epoch" in r.output
     assert "warning: subject1.edf: read leniently" in r.output  # the reader's quirk, one line
     sleep_edf = json.loads((tmp_path / "short_psg.sleepedge.json").read_text())
-    assert sleep_edf["n_epochs"] == 10 and sleep_edf["missing_roles"] == ["ECG"]
-    assert sleep_edf["roles_used"] == {"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal", "EMG": "EMG submental"}
+    # the 1-Hz `EMG submental` is an RMS envelope: too slow for the 10-45 Hz EMG band -> missing, said why
+    assert sleep_edf["n_epochs"] == 10 and sleep_edf["missing_roles"] == ["EMG", "ECG"]
+    assert any("EMG submental" in w and "1 Hz" in w for w in sleep_edf["warnings"])
+    assert sleep_edf["roles_used"] == {"EEG": "EEG Fpz-Cz", "EOG": "EOG horizontal"}
     assert sleep_edf["quality"]["per_role"]["ECG"] == {"missing": 10}
     nox = json.loads((tmp_path / "subject1.sleepedge.json").read_text())
     assert nox["n_epochs"] == 4 and nox["missing_roles"] == [] and nox["roles_used"]["EEG"] == "C4-M1"

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-DEFAULT_FORMATS = "tsv,edf,json,png"
+DEFAULT_FORMATS = "tsv,csv,edf,json,png"  # all of them (the issue: default all)
 OUT_INFIX = ".sleepedge"
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle (dir or .zip); default: the embedded tiny model.")]
@@ -330,7 +330,7 @@ def register(app: typer.Typer) -> None:
         edf_path, truth_path = write_night(night, out / "demo-night.edf")
         err.print(f"simulated {hours:g} h night -> {edf_path} (true stages: {truth_path}; "
                   f"{time.perf_counter() - t0:.1f} s)")
-        failed = score_files([edf_path], model, out, "tsv,edf,json,png", None, "auto", 1, False, False)
+        failed = score_files([edf_path], model, out, DEFAULT_FORMATS, None, "auto", 1, False, False)
         if failed:
             raise typer.Exit(1)
         err.print(f"outputs in {out}/ (demo-night{OUT_INFIX}.tsv/.edf/.json/.png)")
