@@ -652,6 +652,37 @@ def _gain(info: SignalInfo) -> tuple[float, float]:
     return scale, info.physical_min - info.digital_min * scale
 
 
+class _RecordFile:
+    """Data records read on demand with positioned reads (`records[r0:r1, c0:c1]`, `records[r, c0:c1]`).
+
+    Deliberately not a memory map: mapped pages of a file count in the process's resident set,
+    so walking a whole night through a map makes RSS grow to the file size. Positioned reads
+    keep memory at the block asked for (the OS page cache still serves repeated reads).
+    """
+
+    def __init__(self, path: Path, header_bytes: int, n_records: int, record_samples: int):
+        self._fh = open(path, "rb")
+        self._base = int(header_bytes)
+        self.n_records = int(n_records)
+        self.record_samples = int(record_samples)
+
+    def _rows(self, r0: int, r1: int) -> np.ndarray:
+        r0, r1 = max(0, r0), min(self.n_records, r1)
+        n = max(0, r1 - r0) * self.record_samples
+        self._fh.seek(self._base + 2 * r0 * self.record_samples)
+        buf = np.fromfile(self._fh, dtype="<i2", count=n)
+        return buf[: (len(buf) // self.record_samples) * self.record_samples].reshape(-1, self.record_samples)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, cols = key
+        if isinstance(rows, slice):
+            return self._rows(rows.start or 0, self.n_records if rows.stop is None else rows.stop)[:, cols]
+        return self._rows(int(rows), int(rows) + 1)[0, cols]
+
+    def close(self) -> None:
+        self._fh.close()
+
+
 class EDFReader:
     """An open EDF/EDF+ file. Context manager; reads only what is asked, a block at a time."""
 
@@ -662,7 +693,7 @@ class EDFReader:
         layout = _parse_layout(self.path)
         self._layout = layout
         signals = _signal_infos(layout)
-        self._mm: np.memmap | None = None
+        self._mm: _RecordFile | None = None
         self._open_memmap()
         onsets, annotations = self._read_annotations()
         # time axis: t = 0 is the first sample of the first record
@@ -730,8 +761,7 @@ class EDFReader:
         if lay.record_samples == 0:
             return
         try:
-            self._mm = np.memmap(lay.path, dtype="<i2", mode="r", offset=lay.header_bytes,
-                                 shape=(lay.n_records, lay.record_samples))
+            self._mm = _RecordFile(lay.path, lay.header_bytes, lay.n_records, lay.record_samples)
         except (OSError, ValueError) as err:
             raise EDFError(f"{lay.path}: cannot map the data records ({err}); copy the file again") from None
 
@@ -790,13 +820,8 @@ class EDFReader:
             self._pyedf.close()
             self._pyedf = None
         if self._mm is not None:
-            mm = getattr(self._mm, "_mmap", None)
+            self._mm.close()
             self._mm = None
-            if mm is not None:
-                try:
-                    mm.close()
-                except BufferError:  # a view of the mapping is still alive: the GC unmaps it
-                    pass
 
     def __enter__(self) -> "EDFReader":
         return self

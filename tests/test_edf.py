@@ -534,7 +534,7 @@ def test_24h_20_channel_night_is_read_block_by_block(tmp_path):
             _, peak_native = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    assert peak_native < 5_000_000
+    assert peak_native < 12_000_000  # positioned reads of whole records (all 20 channels) of one block
 
 
 def test_writer_streams_without_a_second_copy(tmp_path):

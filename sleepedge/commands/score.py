@@ -7,6 +7,7 @@ Nothing heavy at module level and NO torch anywhere on this path: the runtime is
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Comma list of ts
 ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1; ROLE=INDEX for an LSL stream without labels.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | tensorrt")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")]
+ScoreThreadsOpt = Annotated[Optional[int], typer.Option(
+    "--threads", min=1, help="ONNX Runtime intra-op threads (default: every core, batch scoring).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Keep epochs already in OUT's TSV/CSV, write only the rest.")]
 
 
@@ -105,7 +108,7 @@ def _print_table(rows: list[list[str]], notice: str) -> None:
 
 
 def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAULT_FORMATS, channel=None,
-                device="auto", threads=1, resume=False, quiet=False) -> int:
+                device="auto", threads=None, resume=False, quiet=False) -> int:
     """Score every recording; returns the number that failed (each reported on one line)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -119,7 +122,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     overrides = parse_overrides(channel or [])
     out = check_writable(Path(out))
     bundle = _load_model(model)
-    engine = make_sessions(bundle, device=device, threads=threads)
+    engine = make_sessions(bundle, device=device, threads=threads or os.cpu_count() or 1)
     err = _console()
     err.print(f"model {bundle.name} ({bundle.source}); {engine.describe()}")
     notice = bundle.notice if bundle.simulated else ""
@@ -239,7 +242,7 @@ def register(app: typer.Typer) -> None:
         format: FormatOpt = DEFAULT_FORMATS,
         channel: ChannelOpt = None,
         device: DeviceOpt = "auto",
-        threads: ThreadsOpt = 1,
+        threads: ScoreThreadsOpt = None,
         resume: ResumeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar / per-file lines.")] = False,
     ) -> None:
@@ -330,7 +333,7 @@ def register(app: typer.Typer) -> None:
         edf_path, truth_path = write_night(night, out / "demo-night.edf")
         err.print(f"simulated {hours:g} h night -> {edf_path} (true stages: {truth_path}; "
                   f"{time.perf_counter() - t0:.1f} s)")
-        failed = score_files([edf_path], model, out, DEFAULT_FORMATS, None, "auto", 1, False, False)
+        failed = score_files([edf_path], model, out, DEFAULT_FORMATS, None, "auto", None, False, False)
         if failed:
             raise typer.Exit(1)
         err.print(f"outputs in {out}/ (demo-night{OUT_INFIX}.tsv/.edf/.json/.png)")
