@@ -458,7 +458,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scaling-hours", default=None, help="comma list (default 1,4,8,16,24; --short 0.1,0.2)")
     ap.add_argument("--scaling-runs", type=int, default=None, help="rounds for scaling (default 3; --short 1)")
     ap.add_argument("--extra-threads", default="", help="comma list: extra `sleepedge score --threads N` rows")
-    ap.add_argument("--presets", default="tiny,paper", help="random-weight exports for streaming/export")
+    ap.add_argument("--presets", default="default-arch,paper",
+                    help="random-weight exports for streaming/export (tiny, paper, default-arch = the default bundle's config)")
     ap.add_argument("--model", type=Path, default=None, help="bundle to benchmark (default: the embedded one)")
     ap.add_argument("--bench-python", default=None, help="python of the venv holding yasa/gssc")
     ap.add_argument("--results", type=Path, default=None)

@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--formats", default=None)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="default: the CLI's default")
     ap.add_argument("--cprofile", action="store_true")
     a = ap.parse_args()
 
@@ -144,7 +144,7 @@ def main() -> None:
         import pstats
 
         prof = cProfile.Profile()
-        failed = prof.runcall(score_cmd.score_files, [a.edf], a.model, a.out, formats, None, "cpu", a.threads,
+        failed = prof.runcall(score_cmd.score_files, [a.edf], a.model, a.out, formats, None, "auto", a.threads,
                               False, True)
         s = io.StringIO()
         stats = pstats.Stats(prof, stream=s)
@@ -156,7 +156,7 @@ def main() -> None:
                          "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})
         result["cprofile_top_tottime"] = rows
     else:
-        failed = score_cmd.score_files([a.edf], a.model, a.out, formats, None, "cpu", a.threads, False, True)
+        failed = score_cmd.score_files([a.edf], a.model, a.out, formats, None, "auto", a.threads, False, True)
     score_s = time.perf_counter() - t0
     parts = {k: ACC.get(k, 0.0) for k in ("import", "bundle_load", "session_load", "edf_read", "preprocess",
                                            "epoch_graph", "step_loop", "sinks_per_epoch", "sinks_final")}

@@ -68,7 +68,7 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
         else:
             w("| tool | what runs | median wall s (min-max) | speed vs YASA | peak RSS MB (median) | RSS vs YASA | runs ok |")
             w("|---|---|---|---|---|---|---|")
-            what = {"sleepedge": "`sleepedge score` (ORT, 1 thread), EEG+EOG+EMG+ECG, TSV+EDF+JSON+PNG out",
+            what = {"sleepedge": "`sleepedge score` as shipped (ORT, default threads = every core), all default outputs",
                     "yasa": "YASA SleepStaging EEG+EOG+EMG (MNE read, resample 100 Hz)",
                     "gssc": "GSSC EEG only (PEERS loader workaround, torch default threads)"}
             for name, t in thr["tools"].items():

@@ -87,27 +87,39 @@ def model_inputs(bundle, sig: dict, rates: dict) -> tuple[np.ndarray, np.ndarray
     return model_input(data, qual, tuple(pre_roles), roles)
 
 
+def model_config(preset_name: str):
+    """`tiny` / `paper` presets, or `default-arch`: the exact config of the embedded default bundle."""
+    from sleepedge.models.config import SynthSleepNetConfig, preset
+
+    if preset_name == "default-arch":
+        from sleepedge.bundle import default_bundle_path, load_bundle
+
+        return SynthSleepNetConfig.from_dict(load_bundle(default_bundle_path()).manifest["model"]["config"])
+    return preset(preset_name)
+
+
 def export_random(preset_name: str, workdir: Path, log=print) -> tuple[Path, dict]:
     """Random-weight SynthSleepNet of `preset_name` exported through export/ (cached by source hash)."""
     import torch
 
-    from sleepedge.models.config import preset
     from sleepedge.models.synthsleepnet import SynthSleepNet
 
-    out = workdir / f"{preset_name}-random-{_src_hash()}.sleepedge"
+    cfg = model_config(preset_name)
+    key = hashlib.sha256((_src_hash() + cfg.to_json()).encode()).hexdigest()[:10]
+    out = workdir / f"{preset_name}-random-{key}.sleepedge"
     meta = out.with_suffix(".bench.json")
     if out.exists() and meta.exists():
         return out, json.loads(meta.read_text())
     from export.exporter import export_model
 
     torch.manual_seed(0)
-    cfg = preset(preset_name)
     model = SynthSleepNet(cfg).eval()
     ckpt = {"config": cfg.to_dict(), "provenance": {"data": "none: random weights (bench)", "simulated": False}}
     log(f"  exporting random-weight '{preset_name}' ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params) -> {out.name}")
     t = time.perf_counter()
     res = export_model(model, ckpt, out, name=f"{preset_name}-random-bench")
     info = {"export_s": time.perf_counter() - t, "n_params": int(sum(p.numel() for p in model.parameters())),
+            "modalities": list(cfg.modalities),
             "size_bytes": res.size_bytes, "parity_max_abs_diff": res.parity}
     meta.write_text(json.dumps(info))
     return out, info
@@ -118,12 +130,11 @@ def ort_vs_torch(preset_name: str, bundle_path: Path, sig: dict, rates: dict, n_
 
     from runtime.session import make_sessions
     from sleepedge.bundle import load_bundle
-    from sleepedge.models.config import preset
     from sleepedge.models.synthsleepnet import SynthSleepNet
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = SynthSleepNet(preset(preset_name)).eval()   # same seed -> the weights that were exported
+    model = SynthSleepNet(model_config(preset_name)).eval()   # same seed -> the weights that were exported
     bundle = load_bundle(bundle_path)
     engine = make_sessions(bundle, device="cpu", threads=1)
     x, present = model_inputs(bundle, sig, rates)
@@ -168,7 +179,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--bundle-label", default="default")
-    ap.add_argument("--presets", default="tiny,paper")
+    ap.add_argument("--presets", default="default-arch,paper")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--paper-epochs", type=int, default=60)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sleepedge-bench"))
