@@ -243,6 +243,12 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
             w("| - | no night with ground truth | | | | |")
         w("")
         w(f"sleepedge model: {ag.get('bundle_note')}.")
+        bn = ((ag.get("_run") or {}).get("bundle") or {})
+        if bn.get("simulated"):
+            w("")
+            w("**Caveat:** this sleepedge model was trained on nights from this same simulator, so these nights are "
+              "in-distribution for it, while YASA and GSSC were trained on real PSG; the comparison favours sleepedge "
+              "and says nothing about real recordings.")
         w("")
     elif ag and ag.get("error"):
         w(f"## Agreement FAILED: {ag['error']}")
