@@ -17,7 +17,6 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

@@ -17,10 +17,7 @@ recording is simulated. torchrun/DDP via `train.dist`; one process is the same c
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence

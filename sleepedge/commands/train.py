@@ -11,7 +11,6 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from sleepedge.errors import SleepEdgeError
 
 data_app = typer.Typer(help="Prepare training caches and download public datasets.", no_args_is_help=True)
 train_app = typer.Typer(help="Self-supervised pretraining, probing, fine-tuning, experiments.", no_args_is_help=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sps
 
-from sleepedge.contract import EPOCH_S, IGNORE
+from sleepedge.contract import EPOCH_S
 from sleepedge.errors import SleepEdgeError
 
 PARAMS_DIR = Path(__file__).resolve().parent / "params"

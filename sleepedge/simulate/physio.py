@@ -44,7 +44,6 @@ def emg(stages: np.ndarray, fs_hz: float, rng: np.random.Generator, bursts: list
         drift[i] = 0.8 * drift[i - 1] + 0.6 * e[i]
     level = EMG_RMS_UV[st] * np.exp(0.25 * drift) * np.exp(0.3 * rng.standard_normal())
     env = _envelope(level, n, fs_hz, epoch_s)
-    t = np.arange(n) / fs_hz
     # phasic twitches: 50-250 ms bursts, mostly in REM
     tw_rate = np.array([0.5, 1.0, 0.5, 0.2, 8.0])[st] * epoch_s / 60.0
     k = rng.poisson(tw_rate)

@@ -20,7 +20,6 @@ Figures:
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from scipy import signal as sps
 
 from sleepedge.contract import EPOCH_S
 from sleepedge.simulate.calibration import SHARED_DATA, crop_to_sleep, load_params, load_real_hypnograms
-from sleepedge.simulate.spectra import BANDS_HZ, apply_measurement_filter
+from sleepedge.simulate.spectra import epoch_bandpower
 
 SLEEP_EDF_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
 _BANDS = ((0.5, 30.0), (0.5, 30.0), (0.5, 15.0))
@@ -40,18 +39,7 @@ def night_features(signals, rates_hz, labels=SLEEP_EDF_LABELS, epoch_s: float = 
     ref = load_params("spectral")["night_mean_total"]
     out = []
     for ci, (lab, band) in enumerate(zip(labels, _BANDS)):
-        x = np.asarray(signals[lab], float)
-        fs = float(rates_hz[lab])
-        if fs != 100.0:
-            fr = Fraction(100.0 / fs).limit_denominator(1000)
-            x = sps.resample_poly(x, fr.numerator, fr.denominator)
-        x = apply_measurement_filter(x, band)
-        n = int(epoch_s * 100)
-        n_ep = x.size // n
-        f, p = sps.welch(x[: n_ep * n].reshape(n_ep, n), fs=100.0, window="hamming", nperseg=400,
-                         noverlap=200, average="median", axis=-1)
-        df = f[1] - f[0]
-        bp = np.stack([p[:, (f >= lo) & (f < hi)].sum(1) * df for lo, hi in BANDS_HZ], axis=1)
+        bp = epoch_bandpower(signals[lab], float(rates_hz[lab]), epoch_s, band_hz=band)
         bp = bp / (bp.sum(1).mean() / ref[ci]) + 1e-10
         out.append(np.concatenate([np.log(bp), bp / bp.sum(1, keepdims=True)], axis=1))
     return np.stack(out, axis=1).astype(np.float32)
