@@ -320,6 +320,7 @@ def prepare_cache(src: Path, cache: Path, overrides: Mapping[str, str] | None = 
             continue
         old = entries.get(rec.rec_id)
         if (old is not None and old.get("sources") == sums and old.get("trim_wake_min") == trim_wake_min
+                and old.get("overrides", {}) == dict(overrides or {})
                 and (cache / rec.rec_id / "meta.json").is_file()):
             res.skipped.append(old)
             continue
@@ -331,6 +332,7 @@ def prepare_cache(src: Path, cache: Path, overrides: Mapping[str, str] | None = 
             continue
         entries[rec.rec_id] = {k: meta[k] for k in ("rec_id", "subject", "night", "layout", "simulated", "scored",
                                                     "sources", "roles_used", "n_epochs", "stage_counts", "trim_wake_min")}
+        entries[rec.rec_id]["overrides"] = dict(overrides or {})  # other --channel choices re-prepare
         res.done.append(meta)
         _write_index(cache, entries, dtype, cfg.to_dict())  # after each recording: interruptions lose nothing
     _write_index(cache, entries, dtype, cfg.to_dict())
