@@ -7,8 +7,8 @@
 Sections: throughput (whole processes, interleaved A B C A B C, + a profile of sleepedge),
 streaming (per-epoch latency, ORT vs torch eager), scaling (1..24-h nights, score and stream),
 export (bundle manifests), training (tiny recipes on CPU), agreement (on SIMULATED nights).
-Writes `<results>/<section>.json` and `<results>/RESULTS.md` (default `bench/results/`, and
-`bench/results/short/` for --short).
+Writes `<results>/<section>.json` and `<results>/RESULTS.md` (default `bench/results/`;
+--short writes to `<workdir>/results-short/`, outside the repository).
 
 YASA and GSSC run in a separate venv (`--bench-python`, default /work/bench-venv/bin/python
 or $SLEEPEDGE_BENCH_PYTHON) created with `pip install torch==2.13.0` then the `bench` extra;
@@ -473,7 +473,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown section(s) {bad}; expected a comma list of {','.join(SECTIONS)}")
     if short:
         sections = [s for s in sections if s != "training"]
-    results_dir = a.results or (RESULTS / "short" if short else RESULTS)
+    results_dir = a.results or (a.workdir / "results-short" if short else RESULTS)   # smoke runs stay out of the repo
     a.workdir.mkdir(parents=True, exist_ok=True)
     bench_py = find_bench_python(a.bench_python)
     ctx: dict = {
