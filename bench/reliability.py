@@ -3,7 +3,8 @@
     python -m bench.reliability [--kills 50] [--hours 2] [--concurrent 16] [--lengths 1,8,24,72]
                                 [--model BUNDLE] [-o bench/results/reliability.json]
 
-1. Kill-safety: `sleepedge stream --edf NIGHT --speed 0` is SIGKILLed at `--kills` random moments.
+1. Kill-safety: `sleepedge stream --edf NIGHT --speed 0` is SIGKILLed `--kills` times, each after a
+   random number of scored epochs (1 .. n-1) plus a random sub-epoch delay.
    After each kill the TSV/CSV must parse (every line complete, epochs 0..k-1 in order) and the
    EDF+ annotation file must open; every epoch the process had printed as scored must be on disk
    except at most the one in flight. Then `--resume` finishes the night and its TSV/CSV must
@@ -42,6 +43,22 @@ def _run(cmd: list[str], **kw) -> tuple[int, float, float, str]:
 
 
 def simulate(path: Path, hours: float, seed: int) -> Path:
+    """A simulated recording; beyond 24 h (the simulator's longest night) consecutive 24-h
+    nights of the 3-channel Sleep-EDF montage are joined into one multi-day EDF."""
+    if hours > 24 and not path.exists():
+        import numpy as np
+
+        from sleepedge.edf import SignalSpec, write_edf
+        from sleepedge.simulate import simulate_night
+
+        parts = [simulate_night(hours=24.0, seed=seed + k, montage="sleep-edf")
+                 for k in range(int(-(-hours // 24)))]
+        n = {lab: int(hours * 3600 * fs) for lab, fs in parts[0].rates_hz.items()}
+        specs = [SignalSpec(lab, fs, np.concatenate([p.signals[lab] for p in parts])[: n[lab]], unit=parts[0].units[lab])
+                 for lab, fs in parts[0].rates_hz.items()]
+        del parts
+        write_edf(path, specs, recording="SIMULATED sleepedge multi-day reliability test")
+        return path
     if not path.exists():
         subprocess.run(EXE + ["simulate", "--hours", str(hours), "--seed", str(seed), "--ahi", "15",
                               "-o", str(path)], check=True, stdout=subprocess.DEVNULL)
@@ -87,15 +104,22 @@ def kill_test(night: Path, n_kills: int, model: str | None, work: Path, seed: in
     for k in range(n_kills):
         out = work / f"kill{k:02d}"
         log = work / f"kill{k:02d}.log"
-        delay = rng.uniform(0.05, 1.0) * full_s
+        # kill after a random number of scored epochs (1 .. n-1) plus a random sub-epoch delay,
+        # so that every kill lands while the night is being scored, not during start-up
+        target = rng.randint(1, n_total - 1)
+        jitter = rng.uniform(0.0, 0.05)
+        t0 = time.perf_counter()
         with open(log, "wb") as fh:
             p = subprocess.Popen(EXE + ["stream", "--edf", str(night), "--speed", "0", "--out", str(out)]
                                  + fmt + _model_args(model), stdout=fh, stderr=subprocess.STDOUT)
-            time.sleep(delay)
+            while p.poll() is None and log.read_text(errors="replace").count("\nepoch ") < target:
+                time.sleep(0.01)
+            time.sleep(jitter)
             p.send_signal(signal.SIGKILL)
             p.wait()
+        delay = time.perf_counter() - t0
         printed = sum(1 for ln in log.read_text(errors="replace").splitlines() if ln.startswith("epoch "))
-        rec = {"kill_at_s": round(delay, 3), "printed": printed}
+        rec = {"kill_at_s": round(delay, 3), "target_epochs": target, "printed": printed}
         try:
             tsv = out / f"{stem}.tsv"
             rows = _tsv_rows(tsv) if tsv.exists() else []
@@ -191,19 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="sleepedge-rel-"))
     work.mkdir(parents=True, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+
+    def save() -> None:  # after every section: a failure later never loses what was measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                     "note": "SIMULATED nights; reliability figures, not accuracy"}
     if "kill" not in skip:
         night = simulate(work / "kill-night.edf", args.hours, seed=11)
         report["kill"] = kill_test(night, args.kills, args.model, work)
+        save()
     if "load" not in skip:
         nights = [simulate(work / f"load{i:02d}.edf", 1.0, seed=200 + i) for i in range(args.concurrent)]
         report["load"] = load_test(nights, args.model, work)
         print("load:", {k: v for k, v in report["load"].items()}, flush=True)
+        save()
     if "length" not in skip:
         report["length"] = length_test([float(x) for x in args.lengths.split(",")], args.model, work)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    save()
     print(f"wrote {args.out}")
     return 0
 
