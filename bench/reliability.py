@@ -46,23 +46,31 @@ def simulate(path: Path, hours: float, seed: int) -> Path:
     """A simulated recording; beyond 24 h (the simulator's longest night) consecutive 24-h
     nights of the 3-channel Sleep-EDF montage are joined into one multi-day EDF."""
     if hours > 24 and not path.exists():
-        import numpy as np
-
-        from sleepedge.edf import SignalSpec, write_edf
-        from sleepedge.simulate import simulate_night
-
-        parts = [simulate_night(hours=24.0, seed=seed + k, montage="sleep-edf")
-                 for k in range(int(-(-hours // 24)))]
-        n = {lab: int(hours * 3600 * fs) for lab, fs in parts[0].rates_hz.items()}
-        specs = [SignalSpec(lab, fs, np.concatenate([p.signals[lab] for p in parts])[: n[lab]], unit=parts[0].units[lab])
-                 for lab, fs in parts[0].rates_hz.items()]
-        del parts
-        write_edf(path, specs, recording="SIMULATED sleepedge multi-day reliability test")
+        # built in a child process: Linux keeps a process's peak-RSS mark across exec, so a big
+        # parent would inflate every measured child's ru_maxrss
+        subprocess.run([sys.executable, "-c", "import sys; from bench.reliability import _multiday; "
+                        "_multiday(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))", str(path), str(hours), str(seed)],
+                       check=True)
         return path
     if not path.exists():
         subprocess.run(EXE + ["simulate", "--hours", str(hours), "--seed", str(seed), "--ahi", "15",
                               "-o", str(path)], check=True, stdout=subprocess.DEVNULL)
     return path
+
+
+def _multiday(path: str, hours: float, seed: int) -> None:
+    """Consecutive simulated 24-h recordings (3-channel Sleep-EDF montage) joined into one EDF."""
+    import numpy as np
+
+    from sleepedge.edf import SignalSpec, write_edf
+    from sleepedge.simulate import simulate_night
+
+    parts = [simulate_night(hours=24.0, seed=seed + k, montage="sleep-edf") for k in range(int(-(-hours // 24)))]
+    n = {lab: int(hours * 3600 * fs) for lab, fs in parts[0].rates_hz.items()}
+    specs = [SignalSpec(lab, fs, np.concatenate([p.signals[lab] for p in parts])[: n[lab]], unit=parts[0].units[lab])
+             for lab, fs in parts[0].rates_hz.items()]
+    del parts
+    write_edf(Path(path), specs, recording="SIMULATED sleepedge multi-day reliability test")
 
 
 def _model_args(model: str | None) -> list[str]:
