@@ -6,7 +6,7 @@ written by `write_edf`. Mutations: random byte flips (header-biased), truncation
 fields set out of range (negative/huge record counts, sample counts claiming gigabytes, zero
 or NaN record duration, non-ASCII labels, mismatched signal counts), TAL corruption.
 
-Case count: SLEEPEDGE_FUZZ_CASES (default 1200, split 60 % files / 40 % TAL records);
+Case count: SLEEPEDGE_FUZZ_CASES (default 2000, split 60 % files / 40 % TAL records: 1,200 + 800);
 e.g. `SLEEPEDGE_FUZZ_CASES=20000 .venv/bin/pytest tests/test_fuzz_edf.py` for a long run.
 """
 
@@ -31,7 +31,7 @@ from sleepedge.edf import Annotation, EDFQuirkWarning, SignalSpec, open_edf, par
 from sleepedge.errors import SleepEdgeError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TOTAL = int(os.environ.get("SLEEPEDGE_FUZZ_CASES", "1200"))
+TOTAL = int(os.environ.get("SLEEPEDGE_FUZZ_CASES", "2000"))
 N_FILE = max(1, int(TOTAL * 0.6))
 N_TAL = max(1, TOTAL - N_FILE)
 CASE_TIME_S = 2.0  # per-case bound
