@@ -15,8 +15,7 @@ os.environ["LSLAPICFG"] = LSLCFG  # before any pylsl import in this process
 
 import pytest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundle_fixture import build_bundle  # noqa: E402
+from tests._bundle_fixture import build_bundle  # noqa: E402
 
 pytestmark = pytest.mark.lsl
 pylsl = pytest.importorskip("pylsl")

@@ -12,8 +12,7 @@ import pytest
 
 from sleepedge.errors import BundleError, ChannelError, DeviceError, OutputError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundle_fixture import NOTICE, build_bundle, signals_for, write_test_edf  # noqa: E402
+from tests._bundle_fixture import NOTICE, build_bundle, signals_for, write_test_edf
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

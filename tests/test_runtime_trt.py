@@ -14,13 +14,11 @@ from __future__ import annotations
 import ctypes
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundle_fixture import build_bundle, signals_for  # noqa: E402
+from tests._bundle_fixture import build_bundle, signals_for
 
 
 def _fake_modules():

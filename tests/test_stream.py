@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _bundle_fixture import build_bundle, write_test_edf  # noqa: E402
+from tests._bundle_fixture import build_bundle, write_test_edf
 
 from sleepedge.cli import app  # noqa: E402
 
