@@ -93,8 +93,7 @@ def resolve_bundle(arg: Path | None, workdir: Path) -> tuple[Path | None, str]:
     if fixture.exists() and importlib.util.find_spec("onnx") is not None:
         out = workdir / "fixture.sleepedge"
         if not out.exists():
-            sys.path.insert(0, str(REPO / "tests"))
-            from _bundle_fixture import build_bundle  # type: ignore
+            from tests._bundle_fixture import build_bundle  # run from the repository root
 
             build_bundle(out)
         return out, "FIXTURE (tests/_bundle_fixture.py: a tiny linear+recurrence graph, NOT SynthSleepNet)"

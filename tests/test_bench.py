@@ -32,7 +32,6 @@ def _have_bundle() -> bool:
 
 
 def test_agreement_metrics_on_hand_worked_example():
-    sys.path.insert(0, str(REPO))
     from bench.agreement import agreement
 
     ref = [0, 0, 1, 2, 2, 2, 3, 4, -100]
