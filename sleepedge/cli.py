@@ -56,6 +56,13 @@ def _register() -> None:
 _register()
 
 
+_TORCH_EXTRA = "install it with: pip install 'torch==2.13.0' && pip install 'sleepedge[train,export]'"
+_EXTRAS = {
+    "torch": _TORCH_EXTRA, "onnx": _TORCH_EXTRA, "onnxscript": _TORCH_EXTRA,
+    "pylsl": "install it with: pip install 'sleepedge[lsl]'",
+}
+
+
 def run() -> None:
     """Console-script entry point: domain errors -> one line + exit code, no traceback."""
     try:
@@ -71,6 +78,14 @@ def run() -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except ModuleNotFoundError as ex:
+        # a command whose extra is not installed (the bedside runtime has no torch, onnx, pylsl)
+        extra = _EXTRAS.get((ex.name or "").split(".")[0])
+        if extra is None:
+            raise
+        typer.secho(f"error: this command needs {ex.name}, which is not installed here; {extra}", err=True,
+                    fg=typer.colors.RED)
+        sys.exit(2)
     except Exception as ex:
         # usage errors of click (or of the click that Typer vendors): message + exit code, no traceback
         if callable(getattr(ex, "show", None)) and isinstance(getattr(ex, "exit_code", None), int):

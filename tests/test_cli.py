@@ -38,3 +38,23 @@ def test_cli_and_runtime_import_no_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_missing_extra_is_one_line(tmp_path):
+    """The bedside install has no torch: `sleepedge export` says which extra to install."""
+    shim = ("import sys\n"
+            "class _NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+            "sys.meta_path.insert(0, _NoTorch())\n"
+            "sys.argv = ['sleepedge'] + sys.argv[1:]\n"
+            "from sleepedge.cli import run\n"
+            "run()\n")
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not used")
+    r = subprocess.run([sys.executable, "-c", shim, "export", str(ckpt), "-o", str(tmp_path / "m.sleepedge")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "needs torch" in lines[0] and "sleepedge[train,export]" in lines[0]
