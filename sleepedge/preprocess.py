@@ -335,6 +335,8 @@ class CausalPreprocessor:
             quality = np.zeros(len(self.roles), dtype=np.uint8)
             onset = e * cfg.epoch_s
             gap = any(a < onset + cfg.epoch_s and b > onset for a, b in self._gaps)
+            if self._gaps:  # gaps wholly before the next epoch can never match again
+                self._gaps = [(a, b) for a, b in self._gaps if b > onset + cfg.epoch_s]
             for i, role in enumerate(self.roles):
                 st = self._states[role]
                 seg, st.out = st.out[:n], st.out[n:]

@@ -148,7 +148,6 @@ def test_truncated_bptt_chunks_equal_whole_night_pass():
     and no gradient crosses a chunk boundary."""
     from sleepedge.models import TemporalContext
     from sleepedge.models.config import MambaConfig
-    from train.recipes import temporal_chunk
 
     torch.manual_seed(0)
     tc = TemporalContext(MambaConfig(d_model=64, headdim=32, chunk_size=16)).eval()
@@ -158,7 +157,7 @@ def test_truncated_bptt_chunks_equal_whole_night_pass():
     state = tc.init_state(2)
     outs = []
     for a in range(0, 50, 16):
-        o, state = temporal_chunk(tc, z[:, a:a + 16], state)
+        o, state = tc.forward_chunk(z[:, a:a + 16], state)  # what finetune runs per chunk
         state = tuple(s.detach() for s in state)
         outs.append(o)
     for k in range(3):

@@ -85,6 +85,18 @@ class _Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+def _check_transformer_fields(cfg, name: str) -> None:
+    """Head divisibility and mask ratio, shared by the encoder and fusion configs."""
+    if cfg.d_model % cfg.n_heads:
+        raise ConfigError(f"{name} d_model={cfg.d_model} must be divisible by n_heads={cfg.n_heads}")
+    if cfg.decoder_d_model % cfg.decoder_heads:
+        raise ConfigError(
+            f"{name} decoder_d_model={cfg.decoder_d_model} must be divisible by decoder_heads={cfg.decoder_heads}"
+        )
+    if not 0.0 < cfg.mask_ratio < 1.0:
+        raise ConfigError(f"{name} mask_ratio={cfg.mask_ratio} must be in (0, 1)")
+
+
 @dataclass(frozen=True)
 class EncoderConfig(_Config):
     """NeuroNet per-modality epoch encoder (+ its self-supervised decoder/projector)."""
@@ -115,14 +127,7 @@ class EncoderConfig(_Config):
     contrastive_weight: float = 1.0
 
     def __post_init__(self):
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"encoder d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.decoder_d_model % self.decoder_heads:
-            raise ConfigError(
-                f"encoder decoder_d_model={self.decoder_d_model} must be divisible by decoder_heads={self.decoder_heads}"
-            )
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"encoder mask_ratio={self.mask_ratio} must be in (0, 1)")
+        _check_transformer_fields(self, "encoder")
         if self.frame_cnn not in ("per_frame", "shared"):
             raise ConfigError(f"encoder frame_cnn={self.frame_cnn!r}; expected 'per_frame' or 'shared'")
         if self.frame_cnn == "shared":
@@ -181,14 +186,7 @@ class FusionConfig(_Config):
 
     def __post_init__(self):
         _check_option("fusion.encoder_mode", self.encoder_mode, ENCODER_MODES)
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"fusion d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.decoder_d_model % self.decoder_heads:
-            raise ConfigError(
-                f"fusion decoder_d_model={self.decoder_d_model} must be divisible by decoder_heads={self.decoder_heads}"
-            )
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"fusion mask_ratio={self.mask_ratio} must be in (0, 1)")
+        _check_transformer_fields(self, "fusion")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"fusion modality_dropout={self.modality_dropout} must be in [0, 1)")
         if self.encoder_mode == "lora" and self.lora_rank < 1:

@@ -260,6 +260,13 @@ class TemporalContext(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.heads(self.features(z))
 
+    def _check_state(self, state: tuple[Tensor, ...], who: str) -> None:
+        if len(state) != len(self.state_names):
+            raise ModelInputError(
+                f"TemporalContext.{who} got {len(state)} state tensors; expected {len(self.state_names)} "
+                f"({', '.join(self.state_names)}); start from init_state(batch)"
+            )
+
     def forward_chunk(self, z: Tensor, state: tuple[Tensor, ...] | None = None
                       ) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, ...]]:
         """A chunk of a longer sequence: z [B,L,D] from `state` (None: init_state) ->
@@ -270,11 +277,8 @@ class TemporalContext(nn.Module):
             raise ModelInputError(
                 f"TemporalContext input z has shape {tuple(z.shape)}; expected [batch, epochs, {self.config.d_model}]"
             )
-        if state is not None and len(state) != len(self.state_names):
-            raise ModelInputError(
-                f"TemporalContext.forward_chunk got {len(state)} state tensors; expected "
-                f"{len(self.state_names)} ({', '.join(self.state_names)}); start from init_state(batch)"
-            )
+        if state is not None:
+            self._check_state(state, "forward_chunk")
         h = z
         new_state: list[Tensor] = []
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
@@ -285,11 +289,7 @@ class TemporalContext(nn.Module):
         return self.heads(h), tuple(new_state)
 
     def step(self, z_t: Tensor, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, Tensor, Tensor], tuple[Tensor, ...]]:
-        if len(state) != len(self.state_names):
-            raise ModelInputError(
-                f"TemporalContext.step got {len(state)} state tensors; expected {len(self.state_names)} "
-                f"({', '.join(self.state_names)}); start from init_state(batch)"
-            )
+        self._check_state(state, "step")
         h = z_t
         new_state: list[Tensor] = []
         for i, (norm, layer) in enumerate(zip(self.norms, self.layers)):
