@@ -5,7 +5,15 @@ Glossary:
     epoch        30-s window produced by the core's `CausalPreprocessor` (float32 (n_roles, 3000))
     z            the epoch graph's embedding (1, D), fed to the step graph with the Mamba state
     EpochResult  what one scored epoch gives: stage, 5 stage probabilities, apnea/hypopnea
-                 probabilities, per-role quality flags, compute latency
+                 probabilities (None when not reported, see below), per-role quality flags,
+                 compute latency
+
+Apnea / hypopnea (and the AHI built from them) are reported only when `respiratory_support`
+says so, the ONE place that rule lives: the bundle has trained apnea AND hypopnea heads
+(manifest `labels.tasks`; a manifest without `labels.tasks` means all three tasks), the model
+takes RESP and SPO2 as inputs, and the recording has a RESP channel (airflow / nasal pressure /
+thermistor) at >= 10 Hz and an SpO2 channel at >= 1 Hz. Otherwise the graphs' apnea/hypopnea
+outputs are ignored: `p_apnea` / `p_hypopnea` are None and the reason travels with the night.
 
 Streaming and offline scoring are ONE code path: `score_recording` reads the EDF in blocks of
 epochs and pushes them through the same `StreamingScorer.push` a live source uses (the epoch
@@ -27,6 +35,11 @@ from sleepedge.contract import EPOCH_S, Q_MISSING, ROLES, STAGES, quality_names
 from sleepedge.errors import BundleError, ChannelError, PreprocessError
 
 MAX_BATCH = 8    # epochs per epoch-graph call: tiny SynthSleepNet, 8-h night peak RSS 311 MB at 8 vs 466 MB at 32, same wall time
+RESP_MIN_HZ = 10.0   # airflow / nasal pressure / thermistor: breaths and 10-s flow reductions need >= 10 Hz
+SPO2_MIN_HZ = 1.0    # oximetry: desaturations are read at >= 1 Hz
+RESPIRATORY_TASKS = ("apnea", "hypopnea")
+ALL_TASKS = ("stage", "apnea", "hypopnea")   # what a manifest without labels.tasks means (bundles before tasks were checked)
+SIMULATED_HEAD_LABEL = "trained on SIMULATED nights"
 
 
 @dataclass
@@ -36,8 +49,8 @@ class EpochResult:
     stage: int
     stage_name: str
     probs: tuple[float, ...]              # p(W), p(N1), p(N2), p(N3), p(REM)
-    p_apnea: float
-    p_hypopnea: float
+    p_apnea: float | None                 # None: not reported (respiratory_support)
+    p_hypopnea: float | None
     quality: dict[str, list[str]]         # role -> flag names (only roles with a flag)
     latency_ms: float
 
@@ -73,6 +86,68 @@ def bundle_roles(bundle) -> tuple[str, ...]:
     return roles
 
 
+def bundle_tasks(bundle) -> tuple[str, ...]:
+    """The manifest's `labels.tasks`; missing (bundles written before tasks were checked) means
+    every task: stage, apnea, hypopnea."""
+    labels = bundle.manifest.get("labels") or {}
+    tasks = labels.get("tasks") if isinstance(labels, dict) else None
+    if tasks is None:
+        return ALL_TASKS
+    return tuple(str(t) for t in tasks)
+
+
+def head_provenance(manifest: Mapping, task: str) -> dict:
+    """What the head for `task` was trained on: {"data", "simulated", "label"}. A manifest may
+    give it per head in `provenance.heads.<task>` ({"data", "simulated"}); otherwise the bundle's
+    `provenance.data` / `provenance.simulated` apply to every head."""
+    prov = manifest.get("provenance") or {}
+    head = (prov.get("heads") or {}).get(task) if isinstance(prov.get("heads"), dict) else None
+    head = head if isinstance(head, dict) else {}
+    simulated = bool(head.get("simulated", prov.get("simulated", False)))
+    return {"data": str(head.get("data", prov.get("data", "")) or ""), "simulated": simulated,
+            "label": SIMULATED_HEAD_LABEL if simulated else "trained on recorded (real) nights"}
+
+
+def respiratory_support(bundle, rates_hz: Mapping[str, float],
+                        labels: Mapping[str, str] | None = None) -> tuple[bool, str]:
+    """Whether apnea / hypopnea / AHI can be reported for a recording: (ok, reason).
+
+    rates_hz: role -> native rate of the recording's channels (all roles it has, not only the
+    model's); labels: role -> channel label (only for the reason's wording). The rule:
+      1. the bundle has trained apnea and hypopnea heads (`labels.tasks`, see `bundle_tasks`);
+      2. the model takes RESP and SPO2 as inputs (heads cannot see channels the model ignores);
+      3. the recording has a RESP channel at >= RESP_MIN_HZ (10 Hz) and an SPO2 channel at
+         >= SPO2_MIN_HZ (1 Hz).
+    `reason` is '' when ok, else one line naming everything that is missing.
+    """
+    tasks = bundle_tasks(bundle)
+    absent = [t for t in RESPIRATORY_TASKS if t not in tasks]
+    if absent:
+        if len(absent) == len(RESPIRATORY_TASKS):
+            what = "no trained apnea/hypopnea heads"
+        else:
+            what = f"no trained {absent[0]} head (an AHI needs both)"
+        return False, f"the model has {what} (tasks: {', '.join(tasks) or 'none'})"
+    roles = bundle_roles(bundle)
+    not_input = [r for r in ("RESP", "SPO2") if r not in roles]
+    if not_input:
+        return False, (f"the model does not take {'/'.join(not_input)} as input (modalities: {', '.join(roles)}), "
+                       "so its apnea/hypopnea heads cannot see breathing")
+    labels = labels or {}
+    problems = []
+    for role, min_hz, word, kinds in (("RESP", RESP_MIN_HZ, "RESP", " (airflow / nasal pressure / thermistor)"),
+                                      ("SPO2", SPO2_MIN_HZ, "SpO2", "")):
+        fs = rates_hz.get(role)
+        if fs is None:
+            problems.append(f"no {word} channel{kinds}")
+        elif float(fs) < min_hz:
+            name = f"{word} {labels[role]!r}" if role in labels else word
+            problems.append(f"{name} sampled at {float(fs):g} Hz (needs >= {min_hz:g} Hz)")
+    if problems:
+        return False, "; ".join(problems)
+    return True, ""
+
+
 def _preprocess_config(bundle):
     from sleepedge.preprocess import PreprocessConfig
 
@@ -93,11 +168,14 @@ class StreamingScorer:
     epoch); roles the bundle does not use are ignored (`extra_roles`).
     """
 
-    def __init__(self, bundle, rates_hz: Mapping[str, float], engine=None, *, device: str = "auto", threads: int = 1):
+    def __init__(self, bundle, rates_hz: Mapping[str, float], engine=None, *, device: str = "auto", threads: int = 1,
+                 labels: Mapping[str, str] | None = None):
         from sleepedge.preprocess import CausalPreprocessor, usable_rates
 
         self.bundle = bundle
         self.model_roles = bundle_roles(bundle)
+        # apnea/hypopnea/AHI reported or not, and why (labels: role -> channel label, wording only)
+        self.respiratory_ok, self.respiratory_reason = respiratory_support(bundle, rates_hz, labels)
         self.extra_roles = sorted(r for r in rates_hz if r not in self.model_roles)
         # a role whose channel is too slow for its band (1-Hz EMG envelopes) counts as missing
         rates_hz, self.unusable_roles = usable_rates(
@@ -129,6 +207,8 @@ class StreamingScorer:
             parts.append(reason)
         if self.extra_roles:
             parts.append(f"ignored {self.extra_roles} (the model does not use them)")
+        if not self.respiratory_ok:
+            parts.append(f"apnea/hypopnea/AHI not reported: {self.respiratory_reason}")
         return "; ".join(parts)
 
     def mark_gap(self, start_s: float, stop_s: float) -> None:
@@ -192,7 +272,8 @@ class StreamingScorer:
             results.append(EpochResult(
                 index=int(ep.index), onset_s=float(ep.onset_s), stage=stage, stage_name=STAGES[stage],
                 probs=tuple(float(p) for p in probs),
-                p_apnea=_sigmoid(out["apnea_logit"]), p_hypopnea=_sigmoid(out["hypopnea_logit"]),
+                p_apnea=_sigmoid(out["apnea_logit"]) if self.respiratory_ok else None,
+                p_hypopnea=_sigmoid(out["hypopnea_logit"]) if self.respiratory_ok else None,
                 quality=quality, latency_ms=shared_ms + (time.perf_counter() - ts) * 1e3,
             ))
         self.n_scored += len(results)
@@ -213,6 +294,8 @@ class NightResult:
     manifest_summary: dict
     notice: str = ""
     warnings: list[str] = field(default_factory=list)
+    respiratory_ok: bool = True              # apnea/hypopnea/AHI reported (runtime.scorer.respiratory_support)
+    respiratory_reason: str = ""             # why not, when not
 
     @property
     def stages(self) -> np.ndarray:
@@ -234,6 +317,8 @@ def manifest_summary(bundle) -> dict:
         "simulated": bool(getattr(bundle, "simulated", prov.get("simulated", False))),
         "notice": getattr(bundle, "notice", prov.get("notice", "")) or "",
         "training_data": prov.get("data", ""), "metrics": prov.get("metrics", {}),
+        "tasks": list(bundle_tasks(bundle)),
+        "heads": {t: head_provenance(m, t) for t in RESPIRATORY_TASKS if t in bundle_tasks(bundle)},
         "opset": m.get("opset"), "versions": m.get("versions", {}),
     }
 
@@ -249,11 +334,13 @@ def score_recording(
     on_epoch: Callable[[EpochResult], None] | None = None,
     on_progress: Callable[[float, float], None] | None = None,
     on_header: Callable[[object], None] | None = None,
+    on_scorer: Callable[[StreamingScorer], None] | None = None,
     block_epochs: int = 32,
 ) -> NightResult:
     """Score a whole EDF offline through the streaming path; `on_header(header)` once the file is
-    open, `on_epoch` sees each result as it is scored (the sinks append and flush there),
-    `on_progress(done_s, total_s)` after each block."""
+    open, `on_scorer(scorer)` once the channels are mapped (before the first epoch), `on_epoch`
+    sees each result as it is scored (the sinks append and flush there), `on_progress(done_s,
+    total_s)` after each block."""
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
 
@@ -268,7 +355,9 @@ def score_recording(
         labels = [s.label for s in header.signals]
         role_map = assign_roles(labels, overrides or {}, roles=ROLES)
         rates = {role: float(header.signal(label).fs_hz) for role, label in role_map.primary.items()}
-        scorer = StreamingScorer(bundle, rates, engine, device=device, threads=threads)
+        scorer = StreamingScorer(bundle, rates, engine, device=device, threads=threads, labels=role_map.primary)
+        if on_scorer is not None:
+            on_scorer(scorer)
         used = {r: role_map.primary[r] for r in scorer.pre.roles}
         label_role = {label: role for role, label in used.items()}
         results: list[EpochResult] = []
@@ -292,4 +381,5 @@ def score_recording(
             missing_roles=list(scorer.missing_roles), extra_roles=list(scorer.extra_roles),
             engine=scorer.engine.describe(), manifest_summary=summary, notice=summary["notice"] if summary["simulated"] else "",
             warnings=list(header.warnings) + [f"{role_map.primary[r]}: {why}" for r, why in scorer.unusable_roles.items()],
+            respiratory_ok=scorer.respiratory_ok, respiratory_reason=scorer.respiratory_reason,
         )

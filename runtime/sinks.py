@@ -18,6 +18,8 @@ Crash safety (a bedside box loses power, a user presses Ctrl-C, the OOM killer f
 
 TSV columns (BIDS-style `_events.tsv` of a hypnogram), one row per 30-s epoch:
     onset duration stage p_W p_N1 p_N2 p_N3 p_REM p_apnea p_hypopnea quality
+p_apnea / p_hypopnea hold `n/a` (BIDS) when they are not reported (runtime.scorer.respiratory_support:
+no trained heads, or no RESP >= 10 Hz / SpO2 >= 1 Hz channel); the reason is in the JSON report.
 CSV has the same columns. TSV/CSV stay plain tables (sleepedge.scoring.read_scoring, pandas and
 BIDS tools read them as they are); the simulated-data notice travels in the JSON report
 `<stem>.json`, which is also the BIDS sidecar of `<stem>.tsv` (it holds the column
@@ -27,7 +29,10 @@ descriptions). It is written whenever TSV/CSV are, if the model is simulated, ev
 AHI estimate (JSON report): a respiratory "event" is a run of consecutive epochs whose
 p_apnea > 0.5 (apnea) or p_hypopnea > 0.5 (hypopnea), counted only over sleep epochs (predicted
 stage != W); AHI = (apnea runs + hypopnea runs) / TST hours. A 30-s epoch can hold more than one
-real event, so this is a coarse lower-bound style estimate, labelled as such.
+real event, so this is a coarse lower-bound style estimate, labelled as such. When apnea/hypopnea
+are not reported, `ahi_estimate.value` is null and `ahi_estimate.reason` says what is missing;
+when they are, `ahi_estimate.heads` says what each head was trained on (and labels heads trained
+on simulated nights as such).
 """
 
 from __future__ import annotations
@@ -47,13 +52,14 @@ COLUMNS = ("onset", "duration", "stage", *(f"p_{s}" for s in STAGES), "p_apnea",
 EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2",
                   "N3": "Sleep stage N3", "REM": "Sleep stage R"}
 EVENT_P = 0.5
+NA = "n/a"   # BIDS: a value that is not available
 COLUMN_DOC = {  # BIDS sidecar style descriptions of the TSV/CSV columns
     "onset": "epoch start, seconds from the recording start",
     "duration": "epoch length in seconds",
     "stage": "predicted AASM stage (argmax of p_*): W, N1, N2, N3, REM",
     **{f"p_{s}": f"model probability of stage {s}" for s in STAGES},
-    "p_apnea": "probability that the epoch holds an apnea",
-    "p_hypopnea": "probability that the epoch holds a hypopnea",
+    "p_apnea": "probability that the epoch holds an apnea; n/a when not reported (see ahi_estimate.reason)",
+    "p_hypopnea": "probability that the epoch holds a hypopnea; n/a when not reported (see ahi_estimate.reason)",
     "quality": "ok, or ROLE:flag[,flag];... with flags " + ", ".join(QUALITY_FLAGS),
 }
 
@@ -90,9 +96,24 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def _p_text(p) -> str:
+    return NA if p is None or not np.isfinite(p) else f"{p:.6f}"
+
+
+def reported(p) -> bool:
+    """An apnea/hypopnea probability that was reported (not None / NaN)."""
+    return p is not None and bool(np.isfinite(p))
+
+
 def epoch_row(res) -> list[str]:
     return [f"{res.onset_s:.3f}", f"{EPOCH_S:g}", res.stage_name, *(f"{p:.6f}" for p in res.probs),
-            f"{res.p_apnea:.6f}", f"{res.p_hypopnea:.6f}", res.quality_str()]
+            _p_text(res.p_apnea), _p_text(res.p_hypopnea), res.quality_str()]
+
+
+def _same_value(a: str, b: str, tol: float) -> bool:
+    if a == NA or b == NA:
+        return a == b
+    return abs(float(a) - float(b)) <= tol
 
 
 class LineSink:
@@ -152,7 +173,7 @@ class LineSink:
         old = self.existing[res.index]
         new = epoch_row(res)
         try:
-            same = old[:3] == new[:3] and all(abs(float(a) - float(b)) <= self.RESUME_TOL for a, b in zip(old[3:10], new[3:10]))
+            same = old[:3] == new[:3] and all(_same_value(a, b, self.RESUME_TOL) for a, b in zip(old[3:10], new[3:10]))
         except ValueError:
             same = False
         if not same:
@@ -189,7 +210,8 @@ class LineSink:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a TSV/CSV written here (comment lines and a trailing partial row dropped)."""
+    """Rows of a TSV/CSV written here (comment lines and a trailing partial row dropped), values
+    as text: p_apnea / p_hypopnea may be `n/a` (not reported)."""
     path = Path(path)
     sep = "\t" if path.suffix == ".tsv" else ","
     raw = path.read_text(encoding="utf-8")
@@ -231,7 +253,8 @@ def estimated_events(epochs) -> list[tuple[float, float, str]]:
     stages = np.array([e.stage for e in epochs])
     sleep = stages != 0
     out = []
-    for kind, p in (("apnea", np.array([e.p_apnea for e in epochs])), ("hypopnea", np.array([e.p_hypopnea for e in epochs]))):
+    for kind, attr in (("apnea", "p_apnea"), ("hypopnea", "p_hypopnea")):
+        p = np.array([getattr(e, attr) if reported(getattr(e, attr)) else 0.0 for e in epochs], dtype=np.float64)
         for start, n in event_runs((p > EVENT_P) & sleep):
             out.append((epochs[start].onset_s, n * EPOCH_S, kind))
     return sorted(out)
@@ -274,6 +297,7 @@ def night_report(night) -> dict:
     tst_h = n_sleep * EPOCH_S / 3600.0
     n_apnea = sum(1 for *_, k in events if k == "apnea")
     n_hypop = sum(1 for *_, k in events if k == "hypopnea")
+    ahi = _ahi_estimate(night, n_apnea, n_hypop, tst_h)
     quality: dict[str, dict[str, int]] = {}
     for e in epochs:
         for role, names in e.quality.items():
@@ -294,12 +318,7 @@ def night_report(night) -> dict:
         "engine": night.engine,
         "sleep_stats": stats,
         "stage_percent": stage_pct,
-        "ahi_estimate": {
-            "value": (n_apnea + n_hypop) / tst_h if tst_h > 0 else None,
-            "apnea_runs": n_apnea, "hypopnea_runs": n_hypop, "tst_h": tst_h,
-            "method": "runs of consecutive sleep epochs with p_apnea>0.5 (apnea) or p_hypopnea>0.5 "
-                      "(hypopnea) each count as one event; AHI = events / TST hours (coarse estimate)",
-        },
+        "ahi_estimate": ahi,
         "quality": {"epochs_with_any_flag": int(sum(bool(e.quality) for e in epochs)), "per_role": quality,
                     "flags": dict(QUALITY_FLAGS)},
         "latency_ms": {"median": float(np.median(lat)), "p99": float(np.percentile(lat, 99))},
@@ -307,6 +326,37 @@ def night_report(night) -> dict:
         "columns": COLUMN_DOC,
         "warnings": night.warnings,
     }
+
+
+def respiratory_status(night) -> tuple[bool, str]:
+    """(reported, reason) of a night's apnea/hypopnea/AHI: the scorer's verdict
+    (`NightResult.respiratory_ok/_reason`), and not reported when any epoch lacks the values."""
+    ok = bool(getattr(night, "respiratory_ok", True))
+    reason = str(getattr(night, "respiratory_reason", "") or "")
+    if ok and any(not (reported(e.p_apnea) and reported(e.p_hypopnea)) for e in night.epochs):
+        ok, reason = False, reason or "the model gave no apnea/hypopnea probabilities"
+    if not ok and not reason:
+        reason = "apnea/hypopnea not reported"
+    return ok, reason
+
+
+def _ahi_estimate(night, n_apnea: int, n_hypop: int, tst_h: float) -> dict:
+    method = ("runs of consecutive sleep epochs with p_apnea>0.5 (apnea) or p_hypopnea>0.5 "
+              "(hypopnea) each count as one event; AHI = events / TST hours (coarse estimate)")
+    ok, reason = respiratory_status(night)
+    if not ok:
+        return {"value": None, "reported": False, "reason": reason, "apnea_runs": None, "hypopnea_runs": None,
+                "tst_h": tst_h, "method": method}
+    heads = dict((night.manifest_summary or {}).get("heads") or {})
+    out = {"value": (n_apnea + n_hypop) / tst_h if tst_h > 0 else None, "reported": True,
+           "apnea_runs": n_apnea, "hypopnea_runs": n_hypop, "tst_h": tst_h, "method": method}
+    if heads:
+        out["heads"] = heads   # {"apnea": {"data", "simulated", "label"}, "hypopnea": {...}}
+        out["trained_on"] = (heads.get("apnea") or next(iter(heads.values())))["data"]
+        sim = sorted(t for t, h in heads.items() if h.get("simulated"))
+        if sim:
+            out["notice"] = f"{'/'.join(sim)} head{'s' if len(sim) > 1 else ''} trained on SIMULATED nights"
+    return out
 
 
 def _jsonable(obj):
@@ -348,7 +398,11 @@ def write_png(path: Path, night) -> Path:
 
     epochs = night.epochs
     t_h = np.array([e.onset_s for e in epochs]) / 3600.0
-    fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2, 0.8]})
+    resp_ok, resp_reason = respiratory_status(night)
+    if resp_ok:
+        fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2, 0.8]})
+    else:  # no apnea panel: the values are not reported (the title says why)
+        fig, axes = plt.subplots(2, 1, figsize=(11, 5.2), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2]})
     ax = axes[0]
     depth = {0: 0, 4: 1, 1: 2, 2: 3, 3: 4}  # W top, REM, N1, N2, N3 bottom
     y = np.array([depth[e.stage] for e in epochs])
@@ -358,18 +412,24 @@ def write_png(path: Path, night) -> Path:
     title = f"{Path(night.source).name}: sleepedge hypnogram"
     if night.notice:
         title += f"\n{night.notice}"
+    if not resp_ok:
+        title += f"\napnea/hypopnea/AHI not reported: {resp_reason}"
     ax.set_title(title, fontsize=9)
     probs = night.probs.T if epochs else np.zeros((5, 0))
     axes[1].stackplot(t_h, probs, labels=list(STAGES), step="post")
     axes[1].set_ylim(0, 1)
     axes[1].set_ylabel("p(stage)")
     axes[1].legend(loc="upper right", fontsize=7, ncol=5)
-    axes[2].plot(t_h, [e.p_apnea for e in epochs], label="p_apnea", lw=0.8)
-    axes[2].plot(t_h, [e.p_hypopnea for e in epochs], label="p_hypopnea", lw=0.8)
-    axes[2].axhline(EVENT_P, color="grey", ls=":", lw=0.6)
-    axes[2].set_ylim(0, 1)
-    axes[2].set_xlabel("time since start (h)")
-    axes[2].legend(loc="upper right", fontsize=7)
+    if resp_ok:
+        axes[2].plot(t_h, [e.p_apnea for e in epochs], label="p_apnea", lw=0.8)
+        axes[2].plot(t_h, [e.p_hypopnea for e in epochs], label="p_hypopnea", lw=0.8)
+        axes[2].axhline(EVENT_P, color="grey", ls=":", lw=0.6)
+        axes[2].set_ylim(0, 1)
+        heads = (night.manifest_summary or {}).get("heads") or {}
+        if any(h.get("simulated") for h in heads.values()):
+            axes[2].set_title("apnea/hypopnea heads trained on SIMULATED nights", fontsize=8)
+        axes[2].legend(loc="upper right", fontsize=7)
+    axes[-1].set_xlabel("time since start (h)")
     fig.tight_layout()
     path = Path(path)
     try:

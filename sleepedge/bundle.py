@@ -255,9 +255,51 @@ def _check_replaceable(out: Path) -> None:
 # ----------------------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------------------
+def assets_dir() -> Path:
+    """Where the embedded bundles live (`sleepedge/assets/`, shipped as package data)."""
+    return Path(__file__).resolve().parent / "assets"
+
+
 def default_bundle_path() -> Path:
-    """The embedded tiny model shipped with the package."""
-    return Path(__file__).resolve().parent / "assets" / "default.sleepedge"
+    """The embedded default model shipped with the package."""
+    return assets_dir() / "default.sleepedge"
+
+
+def embedded_bundles() -> dict[str, Path]:
+    """Every bundle shipped in `sleepedge/assets/`: {name: path}, name = the file name without
+    `.sleepedge` (or `.sleepedge.zip`); `default` (= `default_bundle_path()`) first, the rest sorted."""
+    found: dict[str, Path] = {}
+    base = assets_dir()
+    if base.is_dir():
+        for p in sorted(base.iterdir()):
+            if p.name.endswith(".sleepedge"):
+                found[p.name[: -len(".sleepedge")]] = p
+            elif p.name.endswith(".sleepedge.zip") and p.is_file():
+                found.setdefault(p.name[: -len(".sleepedge.zip")], p)
+    found.pop("default", None)  # `default` follows default_bundle_path() (tests may point it elsewhere)
+    return {"default": default_bundle_path(), **found}
+
+
+def resolve_model(arg: str | Path | None) -> Path:
+    """What `--model` means: None -> the embedded default; an existing path, or anything that looks
+    like a path (a separator, `.zip`), -> that path (`load_bundle` reports what is wrong with it);
+    a bare name of an embedded bundle (`synthsleepnet-tiny-sim`, `default`) -> its path in the
+    package. An unknown bare name is a one-line BundleError listing the embedded names."""
+    if arg is None:
+        return default_bundle_path()
+    path = Path(arg)
+    text = str(arg)
+    if path.exists() or os.sep in text or "/" in text or text.lower().endswith(".zip"):
+        return path
+    embedded = embedded_bundles()
+    name = text[: -len(".sleepedge")] if text.endswith(".sleepedge") else text
+    if name in embedded:
+        return embedded[name]
+    names = ", ".join(n for n, p in embedded.items() if p.exists()) or "none"
+    raise BundleError(
+        f"--model {text}: no bundle at that path (does not exist) and no embedded bundle of that name "
+        f"(embedded: {names}); pass a bundle written by `sleepedge export` or one of those names"
+    )
 
 
 def load_bundle(path: Path | str) -> Bundle:

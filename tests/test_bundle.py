@@ -260,6 +260,40 @@ def test_default_bundle_path() -> None:
     assert p.name == "default.sleepedge" and p.parent.name == "assets"
 
 
+def test_embedded_bundles_and_resolve_model(tmp_path: Path, monkeypatch) -> None:
+    import sleepedge.bundle as sb
+
+    emb = sb.embedded_bundles()
+    assert list(emb)[0] == "default" and emb["default"] == default_bundle_path()
+    assert "synthsleepnet-tiny-sim" in emb and emb["synthsleepnet-tiny-sim"].name == "synthsleepnet-tiny-sim.sleepedge"
+    assert sb.resolve_model(None) == default_bundle_path()
+    assert sb.resolve_model("synthsleepnet-tiny-sim") == emb["synthsleepnet-tiny-sim"]
+    assert sb.resolve_model("synthsleepnet-tiny-sim.sleepedge") == emb["synthsleepnet-tiny-sim"]
+    assert sb.resolve_model("default") == default_bundle_path()
+    # a path is a path (existing or not: load_bundle says what is wrong with it)
+    local = tmp_path / "synthsleepnet-tiny-sim"
+    local.mkdir()
+    assert sb.resolve_model(local) == local and sb.resolve_model(str(local)) == local
+    assert sb.resolve_model(tmp_path / "nope.zip") == tmp_path / "nope.zip"
+    monkeypatch.chdir(tmp_path)  # a folder of that name in the working directory wins over the embedded one
+    assert sb.resolve_model("synthsleepnet-tiny-sim") == Path("synthsleepnet-tiny-sim")
+    with pytest.raises(BundleError) as ei:
+        sb.resolve_model("no-such-model")
+    msg = str(ei.value)
+    assert "\n" not in msg and "no-such-model" in msg and "synthsleepnet-tiny-sim" in msg and "default" in msg
+
+
+def test_embedded_sim_bundle_is_a_verified_copy_of_the_six_role_model() -> None:
+    from sleepedge.bundle import embedded_bundles
+
+    p = embedded_bundles().get("synthsleepnet-tiny-sim")
+    if p is None or not p.exists():
+        pytest.skip("embedded bundle synthsleepnet-tiny-sim not shipped")
+    b = load_bundle(p)  # checksums and graph I/O verified
+    assert b.simulated and b.modalities == ("EEG", "EOG", "EMG", "ECG", "RESP", "SPO2")
+    assert b.manifest["labels"]["tasks"] == ["stage", "apnea", "hypopnea"]
+
+
 def test_bundle_module_imports_no_torch() -> None:
     code = "import sys, sleepedge.bundle; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0

@@ -82,6 +82,26 @@ def test_errors_before_scoring_are_one_line(bundle_dir, edfs, tmp_path):
     assert not (tmp_path / "o2" / "a.sleepedge.tsv").exists()
 
 
+def test_model_by_embedded_name_and_unknown_name(edfs, tmp_path):
+    from sleepedge.bundle import embedded_bundles
+
+    sim = embedded_bundles().get("synthsleepnet-tiny-sim")
+    if sim is None or not sim.exists():
+        pytest.skip("embedded bundle synthsleepnet-tiny-sim not shipped")
+    r = runner.invoke(app, ["score", str(edfs[0]), "--model", "synthsleepnet-tiny-sim", "--out", str(tmp_path),
+                            "--format", "json", "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "a.sleepedge.json").read_text())
+    assert rep["model"]["bundle"] == str(sim) and rep["model"]["simulated"] is True
+    # no RESP/SpO2 in this EDF: no AHI, and why
+    assert rep["ahi_estimate"]["value"] is None and "no RESP channel" in rep["ahi_estimate"]["reason"]
+    r = subprocess.run([sys.executable, "-m", "sleepedge", "score", str(edfs[0]), "--model", "no-such-model",
+                        "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --model no-such-model")
+    assert "synthsleepnet-tiny-sim" in lines[0]
+
+
 def test_missing_default_model_says_how_to_get_one(edfs, tmp_path, monkeypatch):
     import sleepedge.bundle as sb
 

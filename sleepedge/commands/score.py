@@ -18,7 +18,9 @@ import typer
 DEFAULT_FORMATS = "tsv,csv,edf,json,png"  # all of them (the issue: default all)
 OUT_INFIX = ".sleepedge"
 
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Bundle (dir or .zip); default: the embedded tiny model.")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", metavar="BUNDLE|NAME",
+    help="Bundle (dir or .zip) or the name of an embedded bundle (e.g. synthsleepnet-tiny-sim); default: the embedded default model.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Comma list of tsv,csv,edf,json,png.")]
 ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1; ROLE=INDEX for an LSL stream without labels.")]
@@ -35,11 +37,11 @@ def _console(stderr: bool = True):
     return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)  # paths/labels may hold [..]
 
 
-def _load_model(model: Path | None):
-    from sleepedge.bundle import default_bundle_path, load_bundle
+def _load_model(model: str | Path | None):
+    from sleepedge.bundle import load_bundle, resolve_model
     from sleepedge.errors import BundleError
 
-    path = model or default_bundle_path()
+    path = resolve_model(model)
     if model is None and not path.exists():
         raise BundleError(
             f"no default model at {path}: the embedded tiny bundle is built by the release step "
@@ -63,10 +65,11 @@ def _partial_night(source: str, start, bundle, engine_desc: str):
 
     summary = manifest_summary(bundle)
 
-    def factory(epochs, roles_used=None, missing=(), extra=()):
+    def factory(epochs, roles_used=None, missing=(), extra=(), respiratory=(True, "")):
         return NightResult(source=source, epochs=list(epochs), start=start, roles_used=dict(roles_used or {}),
                            missing_roles=list(missing), extra_roles=list(extra), engine=engine_desc,
-                           manifest_summary=summary, notice=bundle.notice if bundle.simulated else "")
+                           manifest_summary=summary, notice=bundle.notice if bundle.simulated else "",
+                           respiratory_ok=respiratory[0], respiratory_reason=respiratory[1])
     return factory
 
 
@@ -129,6 +132,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     if notice:
         err.print(f"notice: {notice}", style="yellow")
     rows, failed, used = [], 0, set()
+    no_ahi: dict[str, list[str]] = {}   # reason -> files: printed once under the table
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TimeRemainingColumn(), console=err, disable=quiet, transient=True)
     with progress:
@@ -145,11 +149,16 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                     def on_header(header, rec=rec, state=state):
                         state["writer"] = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=120,
                                                       start=header.start, fsync_every=32)
-                        state["factory"] = _partial_night(str(rec), header.start, bundle, engine.describe())
+                        factory = _partial_night(str(rec), header.start, bundle, engine.describe())
+                        state["factory"] = lambda epochs, state=state, factory=factory: factory(
+                            epochs, respiratory=state.get("respiratory", (True, "")))
+
+                    def on_scorer(scorer, state=state):
+                        state["respiratory"] = (scorer.respiratory_ok, scorer.respiratory_reason)
 
                     try:
                         night = score_recording(
-                            rec, bundle, overrides, engine, on_header=on_header,
+                            rec, bundle, overrides, engine, on_header=on_header, on_scorer=on_scorer,
                             on_epoch=lambda r, state=state: state["writer"].add(r, state["factory"]),
                             on_progress=lambda done, total, task=task: progress.update(
                                 task, completed=done / total if total else 1.0),
@@ -161,6 +170,8 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                             err.print(f"warning: {w.message}", style="yellow")
                 paths = writer.finish(night)
                 rows.append(_summary_row(rec.name, night))
+                if not night.respiratory_ok:
+                    no_ahi.setdefault(night.respiratory_reason, []).append(rec.name)
                 if not quiet:
                     err.print(f"{rec.name}: {len(night.epochs)} epochs -> {', '.join(str(p) for p in paths.values())}")
                     if night.missing_roles:
@@ -173,6 +184,8 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                 err.print(f"error: {rec}: {ex}" + (f" (saved: {saved})" if saved else ""), soft_wrap=True, style="red")
     if rows:
         _print_table(rows, notice)
+        for reason, names in no_ahi.items():
+            err.print(f"AHI est. '-' ({', '.join(names)}): apnea/hypopnea not reported: {reason}")
     return failed
 
 
@@ -180,10 +193,10 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
                   stem="stream.sleepedge") -> int:
     """Score a live source epoch by epoch, printing and appending each epoch. Returns #epochs."""
     from runtime.scorer import StreamingScorer
-    from runtime.sinks import NightWriter
+    from runtime.sinks import NightWriter, reported
     from sleepedge.errors import SleepEdgeError
 
-    scorer = StreamingScorer(bundle, source.rates_hz, engine)
+    scorer = StreamingScorer(bundle, source.rates_hz, engine, labels=getattr(source, "labels", None))
     source.select(scorer.pre.roles)
     for onset, dur in getattr(getattr(source, "header", None), "gaps", []) or []:
         scorer.mark_gap(onset, onset + dur)
@@ -193,7 +206,8 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     roles_used = {r: source.labels[r] for r in scorer.pre.roles}
 
     def night_of(epochs):
-        return factory(epochs, roles_used, scorer.missing_roles, scorer.extra_roles)
+        return factory(epochs, roles_used, scorer.missing_roles, scorer.extra_roles,
+                       (scorer.respiratory_ok, scorer.respiratory_reason))
 
     out_console = _console(stderr=False)
     err = _console()
@@ -213,10 +227,11 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
                 writer.add(res, night_of)
                 if not quiet and res.index >= writer.n_existing:
                     p = max(res.probs)
+                    resp = (f"apnea {res.p_apnea:.2f}  hypopnea {res.p_hypopnea:.2f}  "
+                            if reported(res.p_apnea) and reported(res.p_hypopnea) else "")  # else: said once above
                     out_console.print(
                         f"epoch {res.index:5d}  {_hms(res.onset_s)}  {res.stage_name:<3} p={p:.2f}  "
-                        f"apnea {res.p_apnea:.2f}  hypopnea {res.p_hypopnea:.2f}  {res.quality_str()}  "
-                        f"{res.latency_ms:.1f} ms", soft_wrap=True)
+                        f"{resp}{res.quality_str()}  {res.latency_ms:.1f} ms", soft_wrap=True)
                 if max_epochs is not None and len(writer.epochs) >= max_epochs:
                     return len(writer.epochs)
         return len(writer.epochs)
