@@ -35,6 +35,8 @@ SIMULATED_NOTICE = ("trained on SIMULATED nights only; not validated on real sle
                     "do not use for clinical decisions")
 
 Progress = Callable[[str], None]
+# model families with the bundle interface: embed / epoch_heads / temporal (step, init_state, state_names)
+EXPORTABLE = ("SynthSleepNet", "SpectralSleepNet")
 
 
 @dataclass
@@ -84,8 +86,9 @@ def _versions(extra: Mapping[str, str] | None = None) -> dict:
     return v
 
 
-def _preprocessing(ckpt: Mapping) -> tuple[dict, str]:
-    """The checkpoint's saved PreprocessConfig dict, else today's defaults (and say which)."""
+def _preprocessing(ckpt: Mapping, model: nn.Module | None = None) -> tuple[dict, str]:
+    """The checkpoint's saved PreprocessConfig dict, else the model config's own
+    (`config.preprocess_config()`), else today's defaults (and say which)."""
     from sleepedge.preprocess import PreprocessConfig
 
     for holder in (ckpt, ckpt.get("extra") or {}, ckpt.get("provenance") or {}):
@@ -93,7 +96,21 @@ def _preprocessing(ckpt: Mapping) -> tuple[dict, str]:
             d = holder.get(key) if isinstance(holder, Mapping) else None
             if isinstance(d, Mapping) and d:
                 return PreprocessConfig.from_dict(d).to_dict(), "checkpoint"
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "preprocess_config"):
+        return cfg.preprocess_config().to_dict(), f"model config ({type(cfg).__name__}.preprocess_config)"
     return PreprocessConfig().to_dict(), "default (the checkpoint saved none)"
+
+
+def _tasks(ckpt: Mapping) -> list[str]:
+    """Tasks whose heads were trained (provenance `tasks`; default all three, as before)."""
+    tasks = (ckpt.get("provenance") or {}).get("tasks")
+    if tasks is None:
+        return list(TASKS)
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or "stage" not in tasks:
+        raise ExportError(f"checkpoint provenance tasks {list(tasks)}: expected a subset of {list(TASKS)} with 'stage'")
+    return [t for t in TASKS if t in tasks]
 
 
 def _provenance(ckpt: Mapping, ckpt_path: Path | None) -> dict:
@@ -126,16 +143,16 @@ def export_model(model: nn.Module, ckpt: Mapping, out: Path, *, name: str | None
                  ckpt_path: Path | None = None, opset: int = 18, fp16: bool = False, int8: bool = False,
                  trt: bool = False, tol: float = gate_mod.FP32_TOL, rollout_steps: int = 512,
                  gate_epochs: int = 240, trt_max_batch: int = 64, progress: Progress | None = None) -> ExportResult:
-    """Export a SynthSleepNet to a gated bundle at `out` (dir, or zip when `out` ends in .zip)."""
+    """Export a SynthSleepNet / SpectralSleepNet to a gated bundle at `out` (dir, or zip when `out` ends in .zip)."""
     say = progress or (lambda _m: None)
     t0 = time.perf_counter()
     out = Path(out)
     if rollout_steps < 500:
         raise ExportError(f"rollout_steps={rollout_steps}; the gate needs a >= 500-step state rollout")
-    if type(model).__name__ != "SynthSleepNet" or not hasattr(model, "temporal"):
+    if type(model).__name__ not in EXPORTABLE or not hasattr(model, "temporal"):
         raise ExportError(
             f"{ckpt_path or name}: a {type(model).__name__} checkpoint cannot be exported as a bundle; "
-            "export a SynthSleepNet checkpoint (with its temporal head)"
+            f"export one of {', '.join(EXPORTABLE)} (with its temporal head)"
         )
     trt_mod = None
     if trt:  # fail in one line before the slow part
@@ -155,7 +172,8 @@ def export_model(model: nn.Module, ckpt: Mapping, out: Path, *, name: str | None
             sg = export_step_graph(model, tmp / "step.onnx", opset=opset)
             say("build night graph")
             night_entry = build_night_graph(sg.path, tmp / "night.onnx")
-            data = gate_mod.gate_data(model, n_epochs=gate_epochs)
+            prep, prep_source = _preprocessing(ckpt, model)
+            data = gate_mod.gate_data(model, n_epochs=gate_epochs, preprocess=prep)
             report = gate_mod.run_gate(model, eg.path, sg.path, data, tol=tol, rollout_steps=rollout_steps,
                                        night_path=tmp / "night.onnx", progress=lambda m: say(f"gate: {m}"))
             files = {"epoch.onnx": eg.path, "step.onnx": sg.path, "night.onnx": tmp / "night.onnx"}
@@ -201,17 +219,16 @@ def export_model(model: nn.Module, ckpt: Mapping, out: Path, *, name: str | None
                     engines[f"{g}_{prec}"] = entry
                 extra_versions["tensorrt"] = str(trt_mod.__version__)
 
-            prep, prep_source = _preprocessing(ckpt)
             manifest = {
                 "schema": SCHEMA,
                 "name": name or (Path(ckpt_path).stem if ckpt_path else "model"),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "model": {"family": type(model).__name__, "preset": cfg.preset, "config": cfg.to_dict(),
                           "n_params": int(sum(p.numel() for p in model.parameters()))},
-                "signal": {"fs_hz": cfg.encoder.fs_hz, "epoch_s": cfg.encoder.epoch_s,
-                           "epoch_samples": cfg.encoder.epoch_samples, "modalities": list(cfg.modalities),
+                "signal": {"fs_hz": cfg.fs_hz, "epoch_s": cfg.epoch_s,
+                           "epoch_samples": cfg.epoch_samples, "modalities": list(cfg.modalities),
                            "preprocessing": prep},
-                "labels": {"stages": list(STAGES), "tasks": list(TASKS)},
+                "labels": {"stages": list(STAGES), "tasks": _tasks(ckpt)},
                 "graphs": graphs,
                 "state": _state_manifest(model),
                 "engines": engines,

@@ -147,8 +147,9 @@ def _synthetic_raw(roles, n_epochs: int, rng: np.random.Generator, fs: int = FS_
     return out
 
 
-def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0) -> GateData:
-    """A night of preprocessed epochs in the model's modality order (see the module doc)."""
+def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0, preprocess: dict | None = None) -> GateData:
+    """A night of preprocessed epochs in the model's modality order (see the module doc),
+    preprocessed as the bundle will preprocess (`preprocess`: a PreprocessConfig dict)."""
     from sleepedge.preprocess import PreprocessConfig, model_input, preprocess_arrays
 
     roles = tuple(model.config.modalities)
@@ -172,7 +173,8 @@ def gate_data(model: nn.Module, n_epochs: int = 120, seed: int = 0) -> GateData:
         rates = {r: float(FS_HZ) for r in roles}
         source = (f"synthetic raw signals (coloured noise, role-typical µV, {n_epochs} epochs, seed {seed}) "
                   f"through preprocess_arrays; {sim_problem}")
-    data, quality, got_roles = preprocess_arrays(raw, rates, PreprocessConfig())
+    pcfg = PreprocessConfig.from_dict(preprocess) if preprocess else PreprocessConfig()
+    data, quality, got_roles = preprocess_arrays(raw, rates, pcfg)
     x, present = model_input(data, quality, got_roles, roles)
     if len(x) < 8:
         raise GateError(f"gate data: only {len(x)} epochs after preprocessing; expected >= 8")

@@ -49,7 +49,7 @@ STEP_OPS = frozenset({
     "Where", "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Range",
 })
 # epoch graph: the same plus convolution / normalisation; never control flow or custom ops
-EPOCH_OPS = STEP_OPS | {"Conv", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Gelu", "Pad",
+EPOCH_OPS = STEP_OPS | {"TopK", "Conv", "InstanceNormalization", "GroupNormalization", "BatchNormalization", "Gelu", "Pad",
                           "ReduceL2", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMin"}
 FORBIDDEN_OPS = frozenset({"Loop", "Scan", "If"})
 
@@ -116,7 +116,7 @@ def step_io_names(temporal: nn.Module) -> tuple[list[str], list[str]]:
 
 def example_epoch_inputs(model: nn.Module, batch: int = EXAMPLE_BATCH) -> tuple[Tensor, Tensor]:
     cfg = model.config
-    m, s = len(cfg.modalities), cfg.encoder.epoch_samples
+    m, s = len(cfg.modalities), cfg.epoch_samples
     g = torch.Generator().manual_seed(0)
     return torch.randn(batch, m, s, generator=g), torch.ones(batch, m)
 

@@ -19,7 +19,8 @@ Pipeline per role, every stage carries its state from one push() to the next:
        applied causally with `upfirdn` over a carried input history: adds a group delay of
        `half_len / down` output samples, 0.1 s for 256 -> 100 Hz).
     3. band-pass per role (Butterworth, second-order sections, `sosfilt` with carried zi).
-    4. causal normalisation: divide by a running robust scale (exponential moving average
+    4. causal normalisation (unless `normalise=False`, for models that normalise inside their
+       own causal state, e.g. SpectralSleepNet): divide by a running robust scale (exponential moving average
        of log(1.4826 * MAD) over past and current epochs, half-life `norm_halflife_epochs`;
        epochs flagged flat/disconnected do not update it), then clip to +/- `clip`.
        SPO2 is an absolute quantity: (x - spo2_center) / spo2_scale instead.
@@ -62,6 +63,7 @@ class PreprocessConfig:
     filter_order: int = 2                  # per band edge: band-pass order is 2 * filter_order
     bands: tuple[tuple[str, float | None, float | None], ...] = _DEFAULT_BANDS
     resample_half_len: int = 10            # FIR half length in units of max(up, down) (resample_poly's 10)
+    normalise: bool = True                 # False: no amplitude scaling and no clip (values stay in µV)
     norm_halflife_epochs: float = 20.0
     clip: float = 20.0
     spo2_center: float = 95.0
@@ -348,6 +350,8 @@ class CausalPreprocessor:
 
     def _normalise(self, st: _RoleState, seg: np.ndarray, q: int) -> np.ndarray:
         cfg = self.config
+        if not cfg.normalise:
+            return seg
         if st.role == "SPO2":
             y = (seg - cfg.spo2_center) / cfg.spo2_scale
         else:
@@ -418,7 +422,7 @@ def model_input(
 
     data (n, R, S) in `roles` order -> x (n, M, S) float32 in `model_roles` order, present
     (n, M) float32. A role the recording lacks gets zeros and present 0; an epoch whose
-    channel is disconnected is also presented as absent for that epoch (the model was trained
+    channel is disconnected, or that falls in a recording gap, is also presented as absent for that epoch (the model was trained
     with modality dropout, so it degrades gracefully instead of reading garbage).
     """
     n, _, s = data.shape
@@ -429,7 +433,7 @@ def model_input(
         i = index.get(role)
         if i is None:
             continue
-        ok = (quality[:, i] & contract.Q_DISCONNECTED) == 0
+        ok = (quality[:, i] & (contract.Q_DISCONNECTED | contract.Q_GAP)) == 0
         x[:, j] = np.where(ok[:, None], data[:, i], 0.0)
         present[:, j] = ok
     return x, present

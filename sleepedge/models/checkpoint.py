@@ -33,12 +33,14 @@ def _families() -> dict[str, tuple[type, type]]:
     from sleepedge.models.config import EncoderConfig, MambaConfig, SynthSleepNetConfig
     from sleepedge.models.mamba2 import TemporalContext
     from sleepedge.models.neuronet import NeuroNet
+    from sleepedge.models.spectral import SpectralSleepNet, SpectralSleepNetConfig
     from sleepedge.models.synthsleepnet import SynthSleepNet
 
     fams: dict[str, tuple[type, type]] = {
         "SynthSleepNet": (SynthSleepNet, SynthSleepNetConfig),
         "NeuroNet": (NeuroNet, EncoderConfig),
         "TemporalContext": (TemporalContext, MambaConfig),
+        "SpectralSleepNet": (SpectralSleepNet, SpectralSleepNetConfig),
     }
     fams.update(baselines.FAMILIES)
     return fams

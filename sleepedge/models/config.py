@@ -264,6 +264,25 @@ class SynthSleepNetConfig(_Config):
     def d_embed(self) -> int:
         return self.fusion.d_model
 
+    # the signal contract every exportable model config exposes (SpectralSleepNetConfig too)
+    @property
+    def fs_hz(self) -> int:
+        return self.encoder.fs_hz
+
+    @property
+    def epoch_s(self) -> float:
+        return self.encoder.epoch_s
+
+    @property
+    def epoch_samples(self) -> int:
+        return self.encoder.epoch_samples
+
+    def preprocess_config(self):
+        """The runtime preprocessing this model expects (today's defaults)."""
+        from sleepedge.preprocess import PreprocessConfig
+
+        return PreprocessConfig(fs_hz=self.fs_hz, epoch_s=self.epoch_s)
+
 
 # ---- baselines (second seed) -------------------------------------------------------------
 @dataclass(frozen=True)
