@@ -3,16 +3,18 @@
     python -m bench                      # full run (8-h nights, 5 interleaved runs per tool)
     python -m bench --short              # CI smoke: 15-min night, 1 run, no competitors needed
     python -m bench --sections throughput,agreement --runs 7
+    python -m bench --sections real      # REAL whole night (Sleep-EDF SC4001E0) vs its expert hypnogram
 
 Sections: throughput (whole processes, interleaved A B C A B C, + a profile of sleepedge),
 streaming (per-epoch latency, ORT vs torch eager), scaling (1..24-h nights, score and stream),
-export (bundle manifests), training (tiny recipes on CPU), agreement (on SIMULATED nights).
+export (bundle manifests), training (tiny recipes on CPU), agreement (on SIMULATED nights),
+real (all three tools on a REAL 22-h night against its expert hypnogram: bench/real_night.py).
 Writes `<results>/<section>.json` and `<results>/RESULTS.md` (default `bench/results/`;
 --short writes to `<workdir>/results-short/`, outside the repository).
 
-YASA and GSSC run in a separate venv (`--bench-python`, default /work/bench-venv/bin/python
-or $SLEEPEDGE_BENCH_PYTHON) created with `pip install torch==2.13.0` then the `bench` extra;
-when it is missing they are skipped with a "not installed" note.
+YASA and GSSC run in a separate venv (`--bench-python`, default `.venv-bench/bin/python` in the
+repository, or $SLEEPEDGE_BENCH_PYTHON) created with `pip install torch==2.13.0` then the `bench`
+extra; when it is missing they are skipped with a "not installed" note.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ import time
 from pathlib import Path
 
 from bench import agreement as agr
+from bench import real_night
 from bench.common import (REPO, RESULTS, interleaved, linear_fit, machine_info, pkg_versions, rss_method,
                           run_timed, summarize, summarize_runs, utc_now, git_commit, write_json)
 from bench.nights import make_night, simulator_available
 
-SECTIONS = ("throughput", "streaming", "scaling", "export", "training", "agreement")
+SECTIONS = ("throughput", "streaming", "scaling", "export", "training", "agreement", "real")
+NEEDS_NIGHT = ("throughput", "streaming")   # sections that use the simulated throughput night
 MAIN_PKGS = ("sleepedge", "onnxruntime", "numpy", "scipy", "pyedflib", "torch", "onnx")
 BENCH_PKGS = ("yasa", "gssc", "mne", "torch", "numpy", "scipy", "lightgbm", "scikit-learn", "numba", "antropy",
               "pandas", "psutil")
-DEFAULT_BENCH_PY = "/work/bench-venv/bin/python"
+DEFAULT_BENCH_PY = str(REPO / ".venv-bench" / "bin" / "python")   # see bench/README.md
 
 
 def log(msg: str) -> None:
@@ -103,9 +107,12 @@ def resolve_bundle(arg: Path | None, workdir: Path) -> tuple[Path | None, str]:
 def bundle_summary(path: Path | None) -> dict:
     if path is None:
         return {}
-    from sleepedge.bundle import load_bundle
+    try:
+        from sleepedge.bundle import load_bundle
 
-    b = load_bundle(path)
+        b = load_bundle(path)
+    except Exception as ex:  # noqa: BLE001 - a summary must not stop the benchmark
+        return {"path": str(path), "error": f"{type(ex).__name__}: {ex}"}
     m = b.manifest
     return {"path": str(path), "name": m.get("name"), "preset": (m.get("model") or {}).get("preset"),
             "family": (m.get("model") or {}).get("family"), "n_params": (m.get("model") or {}).get("n_params"),
@@ -446,7 +453,23 @@ def section_agreement(ctx: dict) -> dict:
             "bundle_note": ctx["bundle_kind"]}
 
 
+def section_real(ctx: dict) -> dict:
+    """All three tools on a REAL whole night vs its expert hypnogram (bench/real_night.py)."""
+    return real_night.run_section(ctx, log=log)
+
+
 # ------------------------------------------------------------------------------------------- main
+def _provenance_line(run: dict, earlier: bool = False) -> str:
+    b = run.get("bundle") or {}
+    bits = [f"{'earlier run' if earlier else 'this run'} {run.get('date', '?')}", f"`{run.get('command', '?')}`",
+            f"git {run.get('git', '?')}"]
+    if b:
+        bits.append(f"model `{b.get('name')}` ({b.get('kind')})")
+    if run.get("loadavg_after"):
+        bits.append(f"load avg after {run['loadavg_after'][0]}")
+    return "_Measured: " + "; ".join(bits) + "._"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true", help="CI smoke run: tiny night, 1 run, no speed claims")
@@ -459,6 +482,8 @@ def main(argv=None) -> int:
     ap.add_argument("--extra-threads", default="", help="comma list: extra `sleepedge score --threads N` rows")
     ap.add_argument("--presets", default="default-arch,paper",
                     help="random-weight exports for streaming/export (tiny, paper, default-arch = the default bundle's config)")
+    ap.add_argument("--real-runs", type=int, default=1,
+                    help="interleaved rounds of the real-night section (default 1: a 22-h night per tool)")
     ap.add_argument("--model", type=Path, default=None, help="bundle to benchmark (default: the embedded one)")
     ap.add_argument("--bench-python", default=None, help="python of the venv holding yasa/gssc")
     ap.add_argument("--results", type=Path, default=None)
@@ -470,8 +495,8 @@ def main(argv=None) -> int:
     bad = [s for s in sections if s not in SECTIONS]
     if bad:
         ap.error(f"unknown section(s) {bad}; expected a comma list of {','.join(SECTIONS)}")
-    if short:
-        sections = [s for s in sections if s != "training"]
+    if short:   # smoke runs: nothing that needs minutes (training) or the real 22-h night
+        sections = [s for s in sections if s not in ("training", "real")]
     results_dir = a.results or (a.workdir / "results-short" if short else RESULTS)   # smoke runs stay out of the repo
     a.workdir.mkdir(parents=True, exist_ok=True)
     bench_py = find_bench_python(a.bench_python)
@@ -483,6 +508,7 @@ def main(argv=None) -> int:
         "extra_threads": [int(x) for x in a.extra_threads.split(",") if x.strip()],
         "bench_py": bench_py, "preds": {}, "results": {},
         "agreement_seeds": [7] if short else [7, 8, 9],
+        "real_runs": a.real_runs, "sleepedge_cmd": sleepedge_cmd(),
     }
     argv_str = " ".join(sys.argv[1:]) if argv is None else " ".join(argv)
     t_start = time.perf_counter()
@@ -507,8 +533,14 @@ def main(argv=None) -> int:
         "bundle": {**bundle_summary(bundle), "kind": kind},
         "simulator": simulator_available(), "short": short,
     }
-    ctx["night"] = make_night(a.workdir, ctx["hours"], seed=7, rate_hz=a.rate, log=log)
-    meta["night"] = ctx["night"].to_dict()
+    if any(s in sections for s in NEEDS_NIGHT):
+        ctx["night"] = make_night(a.workdir, ctx["hours"], seed=7, rate_hz=a.rate, log=log)
+        meta["night"] = ctx["night"].to_dict()
+    else:   # no simulated night this run: keep the one the folder's earlier sections were measured on
+        try:
+            meta["night"] = json.loads((results_dir / "meta.json").read_text()).get("night")
+        except (OSError, ValueError):
+            meta["night"] = None
     results = ctx["results"]
     for sec in SECTIONS:  # fixed order: export reads streaming's exports, agreement reads throughput's
         if sec not in sections:
@@ -523,9 +555,12 @@ def main(argv=None) -> int:
             log(f"{sec}: FAILED {type(ex).__name__}: {ex}")
         results[sec]["section_s"] = time.perf_counter() - t
         results[sec]["_run"] = {"date": utc_now(), "command": meta["command"], "git": meta["git"],
-                                "bundle": meta["bundle"], "night": meta["night"],
+                                "bundle": meta["bundle"], "night": None if sec == "real" else meta["night"],
                                 "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
         write_json(results_dir / f"{sec}.json", results[sec])
+        if sec == "real":
+            (results_dir / "real.md").write_text(
+                real_night.render_md(results[sec], _provenance_line(results[sec]["_run"])))
     meta["total_s"] = time.perf_counter() - t_start
     meta["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json(results_dir / "meta.json", meta)
@@ -542,6 +577,9 @@ def main(argv=None) -> int:
             except ValueError:
                 pass
     md = render(meta, {**results, **earlier}, earlier=set(earlier))
+    if "real" in results or "real" in earlier:   # report.py knows the simulated sections; real is appended
+        md += "\n" + real_night.render_md({**results, **earlier}["real"], _provenance_line(
+            {**results, **earlier}["real"].get("_run") or {}, earlier="real" in earlier))
     (results_dir / "RESULTS.md").write_text(md)
     log(f"wrote {results_dir / 'RESULTS.md'} ({meta['total_s']:.0f} s)")
     return 0

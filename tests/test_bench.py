@@ -83,3 +83,33 @@ def test_bench_short_runs_without_competitors(tmp_path):
     assert ag["pooled"]["sleepedge"]["n_scored"] == 30, ag   # 15-min night = 30 epochs
     meta = json.loads((res_dir / "meta.json").read_text())
     assert meta["machine"]["cpu"] and meta["command"].startswith("python -m bench --short")
+
+
+# ------------------------------------------------------------------ real-night section (bench/real_night.py)
+def test_real_night_spans_and_metrics_on_a_toy_hypnogram():
+    from bench.real_night import on_grid, sleep_period, span_metrics, stage_string
+
+    ref = np.array([0] * 5 + [1, 2, 2, 3, -100, 4, 2] + [0] * 5)      # sleep = epochs 5..11
+    assert sleep_period(ref, pad=2) == (3, 14)
+    assert sleep_period(ref, pad=100) == (0, ref.size)                # clipped to the recording
+    pred = on_grid([0] * 5 + [1, 2, 2, 3, 0, 4, 2] + [0] * 9, ref.size)  # longer than the night: cropped
+    m = span_metrics(ref, pred, 3, 14)
+    assert m["n_epochs"] == 11 and m["n_scored"] == 10 and m["n_missing_pred"] == 0   # the IGNORE epoch left out
+    assert m["accuracy"] == 1.0 and m["kappa"] == pytest.approx(1.0) and m["macro_f1"] == pytest.approx(1.0)
+    short = on_grid([0] * 5 + [1, 2, 2, 3], ref.size)                 # stops early: missing epochs count as errors
+    m2 = span_metrics(ref, short, 0, ref.size)
+    assert m2["n_missing_pred"] == 7 and m2["accuracy"] == pytest.approx(9 / 16)
+    assert stage_string([0, 1, 2, 3, 4, -100]) == "WN23R."
+
+
+def test_real_night_reference_is_841_epochs_when_the_data_is_here():
+    from bench.real_night import HYPNOGRAM, PSG, recording_epochs, reference_stages, sleep_period
+
+    if not (PSG.exists() and HYPNOGRAM.exists()):
+        pytest.skip("real Sleep-EDF SC4001 files not in ../shared/data/sleep-edf")
+    n, start = recording_epochs(PSG)
+    ref, info = reference_stages(HYPNOGRAM, n, start)
+    assert n == 2650 and ref.size == n and info["offset_epochs"] == 0
+    lo, hi = sleep_period(ref)
+    assert hi - lo == 841
+    assert set(np.unique(ref)) <= {-100, 0, 1, 2, 3, 4}
