@@ -194,7 +194,8 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
     from sleepedge.scoring import events_to_epochs, read_scoring
 
     cfg = preprocess_config or PreprocessConfig()
-    with open_edf(rec.psg) as reader:
+    with open_edf(rec.psg) as reader:  # opened once: a tolerated quirk is warned about once
+        psg_start = reader.header.start
         labels = [s.label for s in reader.header.signals]
         rmap = assign_roles(labels, overrides=overrides or None)
         signals, rates = {}, {}
@@ -233,12 +234,10 @@ def prepare_recording(rec: Recording, out_dir: Path, overrides: Mapping[str, str
             raise CacheError(f"{rec.scoring.name}: scored in {hyp.epoch_s}-s epochs, the cache needs {EPOCH_S:.0f}-s epochs; rescore or convert it")
         offset = 0
         if hyp.start is not None:
-            with open_edf(rec.psg) as reader:
-                start = reader.header.start
             try:
-                delta = (hyp.start - start).total_seconds()
+                delta = (hyp.start - psg_start).total_seconds()
             except TypeError:  # naive vs aware datetimes
-                delta = (hyp.start.replace(tzinfo=None) - start.replace(tzinfo=None)).total_seconds()
+                delta = (hyp.start.replace(tzinfo=None) - psg_start.replace(tzinfo=None)).total_seconds()
             offset = int(round(delta / EPOCH_S))
         if offset > 0:  # scoring starts later than the signals
             st = np.concatenate([np.full(offset, IGNORE, np.int16), st])
