@@ -122,9 +122,9 @@ def _provenance(ckpt: Mapping, ckpt_path: Path | None) -> dict:
     out = {
         "simulated": simulated,
         "data": data if isinstance(data, (str, list, dict)) else str(data),
-        "metrics": dict(ckpt.get("metrics") or {}),
+        "metrics": _plain(dict(ckpt.get("metrics") or {})),
         "notice": SIMULATED_NOTICE if simulated else str(prov.get("notice", "")),
-        "training": {k: v for k, v in prov.items() if k not in ("simulated", "data", "notice")},
+        "training": _plain({k: v for k, v in prov.items() if k not in ("simulated", "data", "notice")}),
     }
     if ckpt_path is not None:
         h = hashlib.sha256(Path(ckpt_path).read_bytes()).hexdigest()
@@ -132,6 +132,18 @@ def _provenance(ckpt: Mapping, ckpt_path: Path | None) -> dict:
     if "torch_version" in ckpt:
         out["training"]["torch_version"] = ckpt["torch_version"]
     return out
+
+
+def _plain(obj):
+    """Metrics as plain JSON: NaN/inf (undefined metrics, e.g. apnea AUROC on a set without
+    events) become null instead of making the manifest invalid JSON."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
 
 
 def _state_manifest(model: nn.Module) -> dict:

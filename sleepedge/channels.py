@@ -184,12 +184,15 @@ class RoleMap:
         return "\n".join(lines)
 
 
+NO_CHANNEL = "none"   # `--channel EOG=none`: score without that role (it counts as missing)
+
+
 def assign_roles(labels: Sequence[str], overrides: Mapping[str, str] | None = None,
                  roles: Sequence[str] = ROLES) -> RoleMap:
     """Pick one primary label per role from `labels` (alias table + preference + overrides).
 
     Overrides map role -> label (see `parse_overrides`); a label named by an override is used
-    for that role only. An override naming a label that is not in `labels` raises ChannelError
+    for that role only; the label `none` leaves the role out (missing, as if not recorded). An override naming a label that is not in `labels` raises ChannelError
     listing the labels present and the closest one.
     """
     labels = [str(x) for x in labels]
@@ -200,10 +203,14 @@ def assign_roles(labels: Sequence[str], overrides: Mapping[str, str] | None = No
     for lab in labels:
         by_key.setdefault(_key(lab), lab)
     chosen: dict[str, str] = {}
+    excluded: set[str] = set()
     for role, wanted in (overrides or {}).items():
         role_u = str(role).strip().upper()
         if role_u not in ROLES:
             raise ChannelError(f"channel override for unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if _key(wanted) == _key(NO_CHANNEL):     # ROLE=none: leave the role out (a known-bad channel)
+            excluded.add(role_u)
+            continue
         hit = by_key.get(_key(wanted))
         if hit is None:
             close = difflib.get_close_matches(wanted, labels, n=1, cutoff=0.4)
@@ -232,7 +239,7 @@ def assign_roles(labels: Sequence[str], overrides: Mapping[str, str] | None = No
         if role in chosen:
             ordered = [chosen[role]] + ordered
         candidates[role] = ordered
-        if ordered:
+        if ordered and role not in excluded:
             primary[role] = ordered[0]
     missing = [r for r in roles if r not in primary]
     return RoleMap(primary=primary, candidates=candidates, unassigned=unassigned, missing=missing,

@@ -156,3 +156,11 @@ def test_sleep_edf_and_mne_real_labels():
 
 def test_roles_constant_covered():
     assert set(assign_roles([]).missing) == set(ROLES)
+
+
+def test_override_none_leaves_the_role_out():
+    labels = ["EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"]
+    rm = assign_roles(labels, parse_overrides(["EOG=none"]))
+    assert rm.primary == {"EEG": "EEG Fpz-Cz"} and "EOG" in rm.missing
+    rm = assign_roles(labels, parse_overrides(["eog = None", "EEG=EEG Pz-Oz"]))
+    assert rm.primary == {"EEG": "EEG Pz-Oz"}

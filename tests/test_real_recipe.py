@@ -233,6 +233,8 @@ def test_finetune_export_score_on_real_night(prepared):
     gate = manifest["gate"]
     assert gate["passed"] is True and gate["rollout_steps"] == 500 and gate["max_abs_diff"] <= gate["tolerance"]
     assert manifest["provenance"]["training"]["split"]["train"] == ["00"]   # trained on the real night only
+    # labelled by what the weights were fitted on (the real night), not by the simulated val/test arrays
+    assert manifest["provenance"]["simulated"] is False and manifest["provenance"]["data"].startswith("REAL")
     bundle = load_bundle(bundle_dir)
     assert bundle.manifest["files"] and bundle.graph_path("epoch").is_file()
 

@@ -343,8 +343,12 @@ def train_default(data: Path, out: Path, cfg: TrainConfig, folds: int = 5, n_val
         cv = cross_validate(nights, cfg, folds, n_val_subjects, model_cfg, log=say)
         save_json(out / "cv.json", cv)
         say(f"CV pooled kappa {cv['pooled_both']['kappa']:.4f} (EEG only {cv['pooled_eeg_only']['kappa']:.4f})")
+    if len(subjects) < 2:
+        raise BandpowerDataError(f"{data}: {len(subjects)} subject(s) besides the test subject; need >= 2 "
+                                 "(training + validation subjects)")
     rng = np.random.default_rng(cfg.seed + 999)
-    val_subj = sorted(rng.choice(subjects, size=n_val_subjects, replace=False).tolist())
+    n_val = min(n_val_subjects, max(1, len(subjects) // 5))
+    val_subj = sorted(rng.choice(subjects, size=n_val, replace=False).tolist())
     tr = [n for n in nights if n.subject not in val_subj]
     va = [n for n in nights if n.subject in val_subj]
     model, info = fit(tr, va, cfg, model_cfg, log=say)

@@ -166,8 +166,14 @@ def _finish(out: Path, model: nn.Module, cfg: CommonConfig, result: FitResult, s
                "throughput_epochs_per_s": result.throughput, "val": result.history[result.best_epoch - result.history[0]["epoch"]]["val"]
                if result.history else {}, "test": test_metrics or {}, "history": result.history}
     prov = cache.provenance()
-    prov.update({"split": split.to_dict(), "simulated": cache.simulated,
-                 "notice": "trained on SIMULATED nights: not validated on real recordings" if cache.simulated else ""})
+    # what the weights were fitted on decides the label: the training (and unlabelled pretraining)
+    # subjects, not validation/test recordings that happen to share the cache
+    fitted = cache.provenance([*split.train, *split.unlabelled])
+    simulated = bool(fitted["simulated"])
+    prov.update({"split": split.to_dict(), "simulated": simulated,
+                 "data": (f"{'SIMULATED' if simulated else 'REAL'} recordings {fitted['recordings']} "
+                          f"(subjects {fitted['subjects']}, {fitted['n_epochs']} epochs) from cache {cache.root.name}"),
+                 "notice": "trained on SIMULATED nights: not validated on real recordings" if simulated else ""})
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out / "model.pt", model, metrics={k: v for k, v in metrics.items() if k != "history"},

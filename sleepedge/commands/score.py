@@ -23,7 +23,7 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     help="Bundle (dir or .zip) or the name of an embedded bundle (e.g. synthsleepnet-tiny-sim); default: the embedded default model.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (created if needed).")]
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Comma list of tsv,csv,edf,json,png.")]
-ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1; ROLE=INDEX for an LSL stream without labels.")]
+ChannelOpt = Annotated[Optional[list[str]], typer.Option("--channel", "-c", help="ROLE=LABEL override (repeatable), e.g. EEG=C4-M1; ROLE=none leaves a role out (e.g. EOG=none: EEG-only); ROLE=INDEX for an LSL stream without labels.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | tensorrt")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")]
 ScoreThreadsOpt = Annotated[Optional[int], typer.Option(

@@ -263,3 +263,25 @@ def label_limited(
                            pretrain_epochs=pretrain_epochs, finetune_epochs=finetune_epochs)
     table = run_label_limited(cfg, quiet=quiet)
     typer.echo(table["markdown"])
+
+
+@train_app.command("bandpower")
+def bandpower(
+    data: Annotated[Path, typer.Option("--data", exists=True, file_okay=False,
+                                       help="sleep-edf-bandpower-78/ folder (SC4ssNx0-PSG.npz + .json per night).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder: model.pt (+ cv.json).")],
+    folds: Annotated[int, typer.Option(help="Subject-wise cross-validation folds before the final model (0: none).")] = 5,
+    epochs: Annotated[int, typer.Option(help="Passes over the training nights.")] = 25,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop each fit after this long.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed (folds, augmentation, init).")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 1,
+) -> None:
+    """SpectralSleepNet on REAL Sleep-EDF-78 band powers (the embedded default's recipe; subject 0 never used)."""
+    import torch
+
+    from train.bandpower import TrainConfig, train_default
+
+    torch.set_num_threads(threads)
+    train_default(data, out, TrainConfig(epochs=epochs, max_minutes=max_minutes, seed=seed), folds=folds,
+                  log=typer.echo)
+    typer.echo(f"next: sleepedge export {out / 'model.pt'} -o model.sleepedge")
