@@ -9,7 +9,13 @@ Domain errors (`SleepEdgeError`) become one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# numpy's OpenBLAS runs single-threaded in the CLI (set before numpy loads): preprocessing
+# multiplies tall-skinny blocks (sleepedge.dsp) where OpenBLAS threads cost more than they
+# bring (4x slower on a busy 2-core machine); ONNX Runtime owns the cores (--threads).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from typing import Annotated, Optional
 
 import typer

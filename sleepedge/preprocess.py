@@ -16,9 +16,11 @@ Pipeline per role, every stage carries its state from one push() to the next:
        clipped rails, disconnected electrode. Non-finite samples are replaced by 0 before
        filtering so they cannot poison the filter state.
     2. polyphase resampling fs_in -> 100 Hz (the FIR that `scipy.signal.resample_poly` uses,
-       applied causally with `upfirdn` over a carried input history: adds a group delay of
+       applied causally like `upfirdn` over a carried input history: adds a group delay of
        `half_len / down` output samples, 0.1 s for 256 -> 100 Hz).
     3. band-pass per role (Butterworth, second-order sections, `sosfilt` with carried zi).
+    Filters and resampler are numpy-only (`sleepedge.dsp`, equal to scipy's to float rounding,
+    tested): scoring never imports scipy.
     4. causal normalisation (unless `normalise=False`, for models that normalise inside their
        own causal state, e.g. SpectralSleepNet): divide by a running robust scale (exponential moving average
        of log(1.4826 * MAD) over past and current epochs, half-life `norm_halflife_epochs`;
@@ -35,9 +37,8 @@ from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import signal as sps
 
-from sleepedge import contract
+from sleepedge import contract, dsp
 from sleepedge.errors import PreprocessError
 
 _DEFAULT_BANDS: tuple[tuple[str, float | None, float | None], ...] = (
@@ -130,7 +131,7 @@ def _ratio(fs_in_hz: float, fs_out_hz: int) -> tuple[int, int]:
 
 
 class _Resampler:
-    """Causal streaming polyphase resampler (resample_poly's filter, upfirdn over a history)."""
+    """Causal streaming polyphase resampler (resample_poly's filter, upfirdn's sums, block-wise)."""
 
     def __init__(self, fs_in_hz: float, fs_out_hz: int, half_len_factor: int):
         self.up, self.down = _ratio(fs_in_hz, fs_out_hz)
@@ -138,43 +139,18 @@ class _Resampler:
         if not self.identity:
             max_rate = max(self.up, self.down)
             half_len = half_len_factor * max_rate
-            self.h = sps.firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0)) * self.up
-        self.buf = np.zeros(0)
-        self.buf_start = 0          # absolute input index of buf[0]
+            self.h = dsp.firwin_kaiser(2 * half_len + 1, 1.0 / max_rate, 5.0) * self.up
+            self._poly = dsp.PolyphaseResampler(self.h, self.up, self.down)
         self.n_in = 0
         self.n_out = 0
 
     def process(self, x: np.ndarray) -> np.ndarray:
+        self.n_in += len(x)
         if self.identity:
-            self.n_in += len(x)
             self.n_out += len(x)
             return x
-        up, down, L = self.up, self.down, len(self.h)
-        self.buf = np.concatenate([self.buf, x]) if len(self.buf) else x
-        self.n_in += len(x)
-        m_last = (self.n_in * up - 1) // down      # last output whose inputs have all arrived
-        m_first = self.n_out
-        if m_last < m_first:
-            return np.zeros(0)
-        t_min = m_first * down
-        first_needed = max(0, (t_min - (L - 1)) // up)
-        s = (first_needed // down) * down          # alignment: s*up must be a multiple of down
-        s = max(s, self.buf_start)
-        if (s - self.buf_start) and s % down:
-            s = self.buf_start
-        e = (m_last * down) // up + 1
-        seg = self.buf[s - self.buf_start : e - self.buf_start]
-        k0 = (t_min - s * up) // down
-        n_new = m_last - m_first + 1
-        y = sps.upfirdn(self.h, seg, up, down)[k0 : k0 + n_new]
-        self.n_out = m_last + 1
-        # keep only the history that future outputs can still touch, aligned to `down`
-        t_next = self.n_out * down
-        keep_from = max(0, (t_next - (L - 1)) // up)
-        keep_from = (keep_from // down) * down
-        if keep_from > self.buf_start:
-            self.buf = self.buf[keep_from - self.buf_start :]
-            self.buf_start = keep_from
+        y = self._poly.process(x)
+        self.n_out += len(y)
         return y
 
 
@@ -189,13 +165,14 @@ class _RoleState:
         lo, hi = cfg.band(role)
         nyq = cfg.fs_hz / 2.0
         if lo is not None and hi is not None:
-            self.sos = sps.butter(cfg.filter_order, [lo / nyq, hi / nyq], btype="bandpass", output="sos")
+            self.sos = dsp.butter_sos(cfg.filter_order, [lo / nyq, hi / nyq], "bandpass")
         elif lo is not None:
-            self.sos = sps.butter(cfg.filter_order, lo / nyq, btype="highpass", output="sos")
+            self.sos = dsp.butter_sos(cfg.filter_order, lo / nyq, "highpass")
         elif hi is not None:
-            self.sos = sps.butter(cfg.filter_order, hi / nyq, btype="lowpass", output="sos")
+            self.sos = dsp.butter_sos(cfg.filter_order, hi / nyq, "lowpass")
         else:
             self.sos = None
+        self.iir = dsp.SOSFilter(self.sos) if self.sos is not None else None
         self.zi = np.zeros((self.sos.shape[0], 2)) if self.sos is not None else None
         self.out = np.zeros(0)         # filtered 100-Hz samples not yet emitted
         self.raw = []                  # raw chunks of the input epoch being accumulated
@@ -272,7 +249,7 @@ class CausalPreprocessor:
         clean = np.where(finite, x, 0.0) if not finite.all() else x
         y = st.resampler.process(clean)
         if st.sos is not None and len(y):
-            y, st.zi = sps.sosfilt(st.sos, y, zi=st.zi)
+            y, st.zi = st.iir.filter(y, st.zi)
         st.out = np.concatenate([st.out, y]) if len(st.out) else y
 
     def _raw_flags(self, role: str, raw: np.ndarray, fs_in_hz: float) -> int:
