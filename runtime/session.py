@@ -305,6 +305,8 @@ class Engine:
     state_spec: dict[str, dict]     # state name -> {"shape": [1, ...], "dtype": "float32"}
     threads: int = 1
     notes: list[str] = field(default_factory=list)
+    night_loader: Any = None        # () -> graph of the bundle's `night` graph (ONNX Scan over the step), opened on first use
+    _night: Any = None
 
     def describe(self) -> str:
         text = f"device {self.device} (providers: {', '.join(self.providers)}; intra-op threads {self.threads})"
@@ -325,6 +327,22 @@ class Engine:
         new_state = {name: out.pop(f"{name}_out") for name in self.state_spec}
         return out, new_state
 
+    @property
+    def has_night(self) -> bool:
+        return self.night_loader is not None
+
+    def run_night(self, z_seq: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """T steps in one call: z_seq (T, D) -> heads (T, ...) and the state after the last step
+        (the bundle's `night` graph, an ONNX Scan over the step graph, gated == T run_step calls).
+        Only when `has_night` (the scorer runs the step loop otherwise)."""
+        if self._night is None:
+            self._night = self.night_loader()
+        feeds = {"z_seq": np.ascontiguousarray(z_seq[None], dtype=np.float32)}
+        feeds.update(state)
+        out = self._night.run(feeds)
+        new_state = {name: out.pop(f"{name}_out") for name in self.state_spec}
+        return {k: v[0] for k, v in out.items()}, new_state
+
 
 def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
     """Open both graphs of `bundle` on the requested back-end (see module docstring)."""
@@ -342,7 +360,11 @@ def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
         providers = [(p, _trt_ep_options()) if p == "TensorrtExecutionProvider" else p for p in providers]
         epoch = _OrtGraph(bundle, "epoch", providers, threads)
         step = _OrtGraph(bundle, "step", providers, threads)
-        return Engine(name, epoch.providers, epoch, step, state_spec, threads)
+        night = None
+        if "night" in (bundle.manifest.get("graphs") or {}):
+            def night():
+                return _OrtGraph(bundle, "night", providers, threads)
+        return Engine(name, epoch.providers, epoch, step, state_spec, threads, night_loader=night)
 
     def trt_engine() -> Engine:
         chosen = _pick_engines(bundle)

@@ -56,7 +56,7 @@ class EDFReplaySource:
         self.chunk_s = float(chunk_s)
         self.block_epochs = block_epochs
         self.fast_until_s = 0.0          # no pacing before this signal time (--resume fast-forward)
-        self.reader = open_edf(self.path)
+        self.reader = open_edf(self.path, backend="native")   # same samples as pyedflib (tested), no pyedflib import
         header = self.reader.header
         self.header = header
         self.role_map = assign_roles([s.label for s in header.signals], overrides or {}, roles=roles)

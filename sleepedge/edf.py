@@ -325,6 +325,9 @@ _TAL_ONSET = re.compile(rb"^[+-]\d+(\.\d*)?$")
 _TAL_ONSET_LENIENT = re.compile(rb"^[+-]?\d*\.?\d*$")
 _TAL_DURATION = re.compile(rb"^\d*\.?\d*$")
 _NK_MISSING_NUL = re.compile(rb"\x14\x14(?=[+-]\d)")
+# a record holding nothing but its time-keeping TAL ("+123\x14\x14\0" + NUL padding): what
+# parse_tal_record returns for it is (onset, [], []), read here without the general parser
+_TAL_TIMEKEEPING_ONLY = re.compile(rb"\+(\d+(?:\.\d+)?)\x14\x14\x00+")
 
 
 def _tal_float(raw: bytes, lenient: re.Pattern[bytes]) -> float | None:
@@ -796,7 +799,13 @@ class EDFReader:
                     for i in lay.annotation_indices]
             for r in range(r1 - r0):
                 for j, c in enumerate(cols):
-                    onset, anns, quirks = parse_tal_record(c[r].tobytes())
+                    raw = c[r].tobytes()
+                    m = _TAL_TIMEKEEPING_ONLY.fullmatch(raw)
+                    if m is not None:   # the common record: only its time-keeping TAL (fast path)
+                        if j == 0:
+                            onsets[r0 + r] = float(m.group(1))
+                        continue
+                    onset, anns, quirks = parse_tal_record(raw)
                     annotations.extend(anns)
                     for q in quirks:
                         quirk_counts[q] = quirk_counts.get(q, 0) + 1
@@ -889,10 +898,15 @@ class EDFReader:
         return block[s0 - r0 * spr: s1 - r0 * spr]
 
     def _digital_to_physical(self, info: SignalInfo, digital: np.ndarray) -> np.ndarray:
-        scale, offset = _gain(info)
+        # EDFlib's (pyedflib's) arithmetic, so both readers give the same float64 samples:
+        # bitvalue * (offset + digital), offset = physical_max / bitvalue - digital_max
+        dd = info.digital_max - info.digital_min
         out = digital.astype(np.float64)
-        out *= scale
-        out += offset
+        if dd == 0:
+            return out
+        bitvalue = (info.physical_max - info.physical_min) / dd
+        out += info.physical_max / bitvalue - info.digital_max
+        out *= bitvalue
         return out
 
     def _read_discontinuous(self, info: SignalInfo, s0: int, s1: int) -> np.ndarray:

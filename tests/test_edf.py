@@ -64,8 +64,8 @@ def test_every_real_edf_opens_and_reads(path):
 @pytest.mark.skipif(not REAL_EDFS, reason="../shared/data not available")
 @pytest.mark.parametrize("path", REAL_EDFS, ids=lambda p: str(p.relative_to(DATA)))
 def test_native_reader_equals_pyedflib(path):
-    """Where strict pyedflib accepts a file, our memmap reader gives the same samples and
-    our TAL parser the same annotations."""
+    """Where strict pyedflib accepts a file, our reader gives bit-identical samples and our TAL
+    parser the same annotations (sleepedge score reads with it: runtime.scorer)."""
     import pyedflib
 
     try:
@@ -79,7 +79,7 @@ def test_native_reader_equals_pyedflib(path):
             for s in h.signals[:12]:
                 want = ref.readSignal(s.index) * s.to_uv
                 got = nat.read(s)
-                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9 * max(1.0, np.abs(want).max()))
+                np.testing.assert_array_equal(got, want)   # EDFlib's arithmetic: the same float64 samples
                 assert s.fs_hz == pytest.approx(ref.getSampleFrequency(s.index))
             onsets, durations, texts = ref.readAnnotations()
             mine = [a for a in h.annotations]
@@ -615,3 +615,21 @@ def test_interop_with_edfio_both_ways(tmp_path):
     with open_edf(tmp_path / "e.edf") as r:
         assert r.header.warnings == [] and r.header.annotations == [Annotation(1.0, 2.0, "x y")]
         np.testing.assert_allclose(r.read("EEG Fpz-Cz"), sig.data, atol=1e-9)
+
+
+def test_native_reader_bit_identical_to_pyedflib_on_a_simulated_night(tmp_path):
+    """The reader `sleepedge score` uses (native) returns pyedflib's float64 samples exactly, for
+    every rate/unit/range of a simulated 9-channel night (CI has no ../shared/data)."""
+    pytest.importorskip("pyedflib")
+    from sleepedge.simulate import simulate_night, write_night
+
+    edf, _ = write_night(simulate_night(hours=0.1, seed=3, ahi=20), tmp_path / "n.edf")
+    with open_edf(edf, backend="pyedflib") as ref, open_edf(edf, backend="native") as nat:
+        assert ref.backend == "pyedflib" and nat.backend == "native"
+        np.testing.assert_array_equal(nat.header.record_onsets_s, ref.header.record_onsets_s)
+        assert nat.header.annotations == ref.header.annotations
+        for s in nat.header.signals:
+            np.testing.assert_array_equal(nat.read(s, 7.3, 211.0), ref.read(s, 7.3, 211.0))
+            for (o1, b1), (o2, b2) in zip(nat.iter_epochs([s], 3), ref.iter_epochs([s], 3)):
+                assert o1 == o2
+                np.testing.assert_array_equal(b1[s.label], b2[s.label])
