@@ -203,6 +203,10 @@ def tool_jobs(ctx: dict, tmp: Path) -> dict[str, dict]:
         if ctx.get("bundle_kind") != "default":   # the embedded default: exactly what a user types
             cmd += ["--model", str(ctx["bundle"])]
         jobs["sleepedge"] = {"cmd": cmd, "out": tmp / "sleepedge"}
+        # the same bundle without EOG (`--channel EOG=none`): the EEG-only figure users of 1-channel devices get
+        eeg_only = [*se, "score", str(PSG), "--out", str(tmp / "sleepedge-eeg"), "--quiet", "--channel", "EOG=none",
+                    "--format", "tsv,json", *cmd[len(se) + 5:]]
+        jobs["sleepedge (EEG only)"] = {"cmd": eeg_only, "out": tmp / "sleepedge-eeg"}
     comp = ctx.get("competitors") or {}
     if comp.get("yasa") is None and ctx.get("bench_py"):
         out = tmp / "yasa.json"
@@ -218,7 +222,7 @@ def tool_jobs(ctx: dict, tmp: Path) -> dict[str, dict]:
 def collect(name: str, job: dict, n_epochs: int) -> tuple[np.ndarray | None, dict]:
     """Per-epoch predictions (recording grid) and what the tool says about its own run."""
     info: dict = {}
-    if name == "sleepedge":
+    if name.startswith("sleepedge"):
         tsvs = sorted(Path(job["out"]).glob("*.sleepedge.tsv"))
         if not tsvs:
             return None, {"error": "no TSV written"}
@@ -259,7 +263,7 @@ def run_section(ctx: dict, log: Callable[[str], None] = print) -> dict:
         for name, job in jobs.items():
             if runs[name] and not runs[name][-1]["ok"]:
                 continue
-            if name == "sleepedge":
+            if name.startswith("sleepedge"):
                 shutil.rmtree(job["out"], ignore_errors=True)
             res = timed_with_cpu(name, job["cmd"])
             runs[name].append(res)
@@ -276,6 +280,7 @@ def run_section(ctx: dict, log: Callable[[str], None] = print) -> dict:
                                    "matches_expected": hi - lo == EXPECTED_SLEEP_PERIOD_EPOCHS},
                   "whole_recording": {"epochs": [0, n_epochs], "n_epochs": n_epochs}},
         "channels": {"sleepedge": "auto (its own channel map; see tools.sleepedge.roles_used)",
+                     "sleepedge (EEG only)": "auto EEG, --channel EOG=none",
                      "yasa": [EEG, EOG], "gssc": [EEG]},
         "rounds": rounds, "rss_method": "GNU /usr/bin/time -v" if _gnu_time_ok() else "getrusage wrapper",
         "reference_kappa_sleep_period": REFERENCE_KAPPA, "tools": {},
@@ -338,7 +343,7 @@ def render_md(res: dict, provenance: str = "") -> str:
     L.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, t in res["tools"].items():
         ch = res["channels"].get(name)
-        if name == "sleepedge" and t.get("roles_used"):
+        if name.startswith("sleepedge") and t.get("roles_used"):
             ch = ", ".join(f"{k}={v}" for k, v in t["roles_used"].items())
         ch = ", ".join(ch) if isinstance(ch, list) else ch
         if "metrics" not in t:
