@@ -107,6 +107,9 @@ class SpectralSleepNetConfig(_Config):
     d_hidden: int = 64
     norm_horizon_epochs: float = 240.0         # 2 h: cumulative mean first, then an EMA of this time constant
     norm_clip: float = 3.0                     # a single epoch moves the running mean by at most this (log units)
+    # "band": one running level per role AND band; "role": one per role (the mean over bands of logP), which
+    # removes exactly what the reference's per-night z-score removes (a gain common to all bands)
+    norm_mode: str = "band"
     dropout: float = 0.1
     mamba: MambaConfig = field(default_factory=lambda: MambaConfig(d_model=64, headdim=32, n_layers=2, chunk_size=32))
 
@@ -119,6 +122,7 @@ class SpectralSleepNetConfig(_Config):
             _check_option("modality", m, ROLES)
         if len(set(mods)) != len(mods):
             raise ConfigError(f"modalities {list(mods)} contain duplicates")
+        _check_option("norm_mode", self.norm_mode, ("band", "role"))
         if self.norm_horizon_epochs < 1:
             raise ConfigError(f"norm_horizon_epochs={self.norm_horizon_epochs} must be >= 1")
 
@@ -242,21 +246,24 @@ class SpectralFrontEnd(nn.Module):
 class CausalCentring(nn.Module):
     """Running per-night level of the log powers, strictly causal (no parameters).
 
-    state: mean [B, M, K], count [B, M] (usable epochs seen, capped at the horizon).
+    state: mean [B, M, K] (per band) or [B, M, 1] (per role), count [B, M] (usable epochs seen,
+    capped at the horizon).
     step(logp [B,M,K], present [B,M]) -> centred [B,M,K] (0 where absent), new state."""
 
-    def __init__(self, horizon: float, clip: float):
+    def __init__(self, horizon: float, clip: float, per_band: bool = True):
         super().__init__()
         self.horizon = float(horizon)
         self.clip = float(clip)
+        self.per_band = per_band
 
     def step(self, logp: Tensor, present: Tensor, mean: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         p = present
+        level = logp if self.per_band else logp.mean(dim=-1, keepdim=True)   # [B,M,K] or [B,M,1]
         count = count.clamp(min=0.0, max=self.horizon)        # robust to any state fed in (the gate feeds random ones)
         new_count = (count + p).clamp(max=self.horizon)
         a = p / new_count.clamp(min=1.0)                      # 1/n while n < horizon, then 1/horizon
         first = (count < 0.5).to(logp.dtype)[..., None]       # first usable epoch: take it as the level
-        d = logp - mean
+        d = level - mean
         d = first * d + (1.0 - first) * d.clamp(-self.clip, self.clip)
         new_mean = mean + a[..., None] * d
         centred = (logp - new_mean) * p[..., None]
@@ -266,7 +273,7 @@ class CausalCentring(nn.Module):
                 ) -> tuple[Tensor, Tensor, Tensor]:
         """logp [B,T,M,K], present [B,T,M] -> (centred [B,T,M,K], mean', count'): T steps."""
         b, t, m, k = logp.shape
-        mean = logp.new_zeros(b, m, k) if mean is None else mean
+        mean = logp.new_zeros(b, m, k if self.per_band else 1) if mean is None else mean
         count = logp.new_zeros(b, m) if count is None else count
         out = []
         for i in range(t):
@@ -286,7 +293,8 @@ class SpectralContext(nn.Module):
         self.cfg = cfg
         M, K = len(cfg.modalities), cfg.n_bands
         self.M, self.K = M, K
-        self.centring = CausalCentring(cfg.norm_horizon_epochs, cfg.norm_clip)
+        self.centring = CausalCentring(cfg.norm_horizon_epochs, cfg.norm_clip, per_band=cfg.norm_mode == "band")
+        self.K_level = K if cfg.norm_mode == "band" else 1
         self.inp = nn.Sequential(
             nn.Linear(2 * M * K + M, cfg.d_hidden), nn.GELU(), nn.Dropout(cfg.dropout),
             nn.Linear(cfg.d_hidden, cfg.mamba.d_model),
@@ -296,7 +304,7 @@ class SpectralContext(nn.Module):
         self.state_names: tuple[str, ...] = ("norm_mean", "norm_count", *self.core.state_names)
 
     def state_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
-        return {"norm_mean": (batch, self.M, self.K), "norm_count": (batch, self.M), **self.core.state_shapes(batch)}
+        return {"norm_mean": (batch, self.M, self.K_level), "norm_count": (batch, self.M), **self.core.state_shapes(batch)}
 
     def init_state(self, batch: int, dtype: torch.dtype | None = None,
                    device: torch.device | str | None = None) -> tuple[Tensor, ...]:
