@@ -18,6 +18,7 @@ on load (`BundleError` on any mismatch).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -85,6 +86,10 @@ class _OrtGraph:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if os.environ.get("SLEEPEDGE_ORT_SPIN", "0") != "1":
+            # idle intra-op threads sleep instead of spinning: spinning burns a core per extra
+            # thread between the many small calls of a night (2x the wall on a busy 2-core box)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = bundle.path(spec["file"])
         try:
             self.sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)

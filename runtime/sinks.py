@@ -3,9 +3,10 @@
 Crash safety (a bedside box loses power, a user presses Ctrl-C, the OOM killer fires):
     TSV / CSV   one line per epoch, appended and flushed per epoch (so a killed process loses
                 nothing already scored: the data is in the kernel), and `os.fsync`ed per epoch
-                when streaming (`fsync_every=1`, survives power loss too) or every 32 epochs in
+                when streaming (`fsync_every=1`, survives power loss too) or every 256 epochs in
                 offline `score` (an fsync costs ~5 ms per file on an SD card/SSD; per epoch it was
-                half the wall time of an 8-h night). After a SIGKILL at any moment the file holds
+                half the wall time of an 8-h night; 256 epochs are ~0.3 s of scoring, re-run after a
+                power cut). After a SIGKILL at any moment the file holds
                 every epoch written before the kill; at most one trailing partial line exists,
                 which readers/`--resume` drop.
     EDF+ / JSON rewritten whole into a temporary file in the same folder, fsynced, then

@@ -174,6 +174,7 @@ class _Section:
         self.O = np.stack([P[k][0, :] for k in range(B)], axis=1)          # (2, B)
         self.Rx = np.stack([P[B - 1 - j] @ bv for j in range(B)])          # (B, 2): block input -> end-state part
         self.MB = P[B]
+        self.PT = [m.T.copy() for m in P]      # (A^r)^T: end state of a partial block of r samples
         self.A, self.bv, self.b0 = A, bv, b0
         self.levels: list = []
 
@@ -186,11 +187,10 @@ class _Section:
         X = xp.reshape(nb, B)
         starts = _linrec(self.levels, 0, self.MB, X @ self.Rx, np.asarray(zi, dtype=np.float64))
         y = (X @ self.T + starts @ self.O).reshape(-1)[:n]
-        # state after the last real sample: from the start state of its block
+        # state after the last real sample: from the start state of its block (r real samples)
         last = nb - 1
-        s = starts[last]
-        for v in xp[last * B: n]:
-            s = self.A @ s + self.bv * v
+        r = n - last * B
+        s = starts[last] @ self.PT[r] + X[last, :r] @ self.Rx[B - r:]
         return y, s
 
 
@@ -258,8 +258,8 @@ class PolyphaseResampler:
             seg = np.concatenate([seg, np.zeros(need - len(seg))])
         seg = np.ascontiguousarray(seg)
         n_frames = j1 - j0 + 1
-        W = np.lib.stride_tricks.as_strided(seg, shape=(n_frames, self.span),
-                                            strides=(seg.strides[0] * down, seg.strides[0]), writeable=False)
+        W = np.ndarray((n_frames, self.span), dtype=np.float64, buffer=seg,
+                       strides=(seg.itemsize * down, seg.itemsize))     # frame j = seg[j*down : j*down+span]
         y = (W @ self.H).reshape(-1)[m_first - j0 * up: m_last - j0 * up + 1]
         self.n_out = m_last + 1
         keep_from = (self.n_out // up) * down + self.off

@@ -233,6 +233,7 @@ class CausalPreprocessor:
         finite = np.isfinite(x)
         # raw quality per input epoch
         pos = 0
+        done: list[tuple[int, np.ndarray]] = []
         while pos < len(x):
             end_abs = st.epoch_bounds(st.raw_epoch + 1)
             take = min(len(x) - pos, end_abs - st.n_raw_total)
@@ -242,15 +243,64 @@ class CausalPreprocessor:
                 st.n_raw_total += take
                 pos += take
             if st.n_raw_total >= end_abs:
-                raw = np.concatenate(st.raw) if st.raw else np.zeros(0)
-                st.flags[st.raw_epoch] = self._raw_flags(st.role, raw, st.fs_in_hz)
+                raw = (st.raw[0] if len(st.raw) == 1 else np.concatenate(st.raw)) if st.raw else np.zeros(0)
+                done.append((st.raw_epoch, raw))
                 st.raw, st.raw_n = [], 0
                 st.raw_epoch += 1
+        self._flag_epochs(st, done)
         clean = np.where(finite, x, 0.0) if not finite.all() else x
         y = st.resampler.process(clean)
         if st.sos is not None and len(y):
             y, st.zi = st.iir.filter(y, st.zi)
         st.out = np.concatenate([st.out, y]) if len(st.out) else y
+
+    def _flag_epochs(self, st: _RoleState, done: list[tuple[int, np.ndarray]]) -> None:
+        """Quality flags of the input epochs a push completed: the same numbers as `_raw_flags`
+        epoch by epoch, computed for equal-length all-finite epochs as one (k, n) array."""
+        if len(done) < 2:
+            for e, raw in done:
+                st.flags[e] = self._raw_flags(st.role, raw, st.fs_in_hz)
+            return
+        n = len(done[0][1])
+        if n == 0 or any(len(raw) != n for _, raw in done):
+            for e, raw in done:
+                st.flags[e] = self._raw_flags(st.role, raw, st.fs_in_hz)
+            return
+        R = np.stack([raw for _, raw in done])
+        ok = np.isfinite(R).all(axis=1)
+        for k in np.nonzero(~ok)[0]:   # epochs with NaN/Inf: the general path
+            e, raw = done[k]
+            st.flags[e] = self._raw_flags(st.role, raw, st.fs_in_hz)
+        if not ok.any():
+            return
+        idx = np.nonzero(ok)[0]
+        R = R[idx] if len(idx) < len(R) else R
+        for k, f in zip(idx, self._raw_flags_finite(st.role, R, st.fs_in_hz)):
+            st.flags[done[k][0]] = int(f)
+
+    def _raw_flags_finite(self, role: str, R: np.ndarray, fs_in_hz: float) -> np.ndarray:
+        """`_raw_flags` for k all-finite epochs of n samples each (rows of R) -> (k,) flags."""
+        cfg = self.config
+        k, n = R.shape
+        flags = np.zeros(k, dtype=np.int64)
+        if role == "SPO2":
+            bad = (R < 50.0) | (R > 100.0)
+            flags[bad.mean(axis=1) >= cfg.disconnected_fraction] |= contract.Q_DISCONNECTED
+            return flags
+        win = max(8, int(round(cfg.flat_window_s * fs_in_hz)))
+        n_win = n // win
+        flat_frac = np.zeros(k)
+        if n_win:
+            sd = R[:, : n_win * win].reshape(k, n_win, win).std(axis=2)
+            flat_frac = (sd < cfg.floor(role)).mean(axis=1)
+            flags[flat_frac >= cfg.flat_fraction] |= contract.Q_FLAT
+        hi = R.max(axis=1)
+        lo = R.min(axis=1)
+        n_rail = np.maximum(np.count_nonzero(R == hi[:, None], axis=1), np.count_nonzero(R == lo[:, None], axis=1))
+        rail_frac = np.where(hi > lo, n_rail / n, 0.0)
+        flags[(hi > lo) & (n_rail >= 3) & (rail_frac >= cfg.clip_fraction)] |= contract.Q_CLIPPED
+        flags[(flat_frac >= cfg.disconnected_fraction) | (rail_frac >= 0.5)] |= contract.Q_DISCONNECTED
+        return flags
 
     def _raw_flags(self, role: str, raw: np.ndarray, fs_in_hz: float) -> int:
         cfg = self.config

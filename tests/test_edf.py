@@ -633,3 +633,18 @@ def test_native_reader_bit_identical_to_pyedflib_on_a_simulated_night(tmp_path):
             for (o1, b1), (o2, b2) in zip(nat.iter_epochs([s], 3), ref.iter_epochs([s], 3)):
                 assert o1 == o2
                 np.testing.assert_array_equal(b1[s.label], b2[s.label])
+
+
+def test_block_read_of_several_signals_equals_read(tmp_path):
+    """iter_epochs reads the records of a block once for all signals (native reader): the same
+    samples as `read` signal by signal, mixed rates, the partial last block included."""
+    from sleepedge.simulate import simulate_night, write_night
+
+    edf, _ = write_night(simulate_night(hours=0.1, seed=4, ahi=20), tmp_path / "n.edf")
+    with open_edf(edf, backend="native") as r:
+        labels = r.header.labels
+        blocks = list(r.iter_epochs(labels, n_epochs_per_block=3))
+        assert len(blocks) == -(-12 // 3)
+        for onset, block in blocks:
+            for lab in labels:
+                np.testing.assert_array_equal(block[lab], r.read(lab, onset, onset + 90.0))

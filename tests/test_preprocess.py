@@ -151,3 +151,31 @@ def test_usable_rates_drops_envelope_channels_with_a_reason():
     ok, dropped = usable_rates({"EEG": 100.0, "EMG": 1.0, "RESP": 1.0})
     assert ok == {"EEG": 100.0, "RESP": 1.0}
     assert "EMG" in dropped and "1 Hz" in dropped["EMG"]
+
+
+def test_batched_quality_flags_equal_per_epoch_flags():
+    """`_raw_flags_finite` (whole blocks of epochs at once, the offline path) gives exactly the
+    flags `_raw_flags` gives epoch by epoch (the live path), for flat, clipped, railed, dead and
+    ordinary epochs of every role."""
+    pre = CausalPreprocessor({"EEG": 256.0})
+    rng = np.random.default_rng(0)
+    for role, fs in (("EEG", 256.0), ("EMG", 200.0), ("ECG", 100.0), ("RESP", 32.0), ("SPO2", 4.0)):
+        n = int(30 * fs)
+        rows = []
+        for _ in range(200):
+            x = rng.standard_normal(n) * rng.choice([1e-7, 0.01, 0.3, 1.0, 20.0, 100.0])
+            kind = rng.integers(0, 6)
+            if kind == 1:
+                x[: n // 2] = 0.0
+            elif kind == 2:
+                x = np.clip(x, -0.5, 0.5)
+            elif kind == 3:
+                x[:] = 5.0
+            elif kind == 4:
+                x[rng.integers(0, n, 50)] = x.max()
+            if role == "SPO2":
+                x = x + 95.0 if kind == 5 else x * 20 + 80
+            rows.append(x)
+        got = pre._raw_flags_finite(role, np.stack(rows), fs)
+        want = [pre._raw_flags(role, r, fs) for r in rows]
+        assert got.tolist() == want, role
