@@ -233,11 +233,14 @@ class StreamingScorer:
 
     def push(self, chunks: Mapping[str, np.ndarray]) -> list[EpochResult]:
         t0 = time.perf_counter()
+        return self.score_epochs(self.preprocess(chunks), t0)
+
+    def preprocess(self, chunks: Mapping[str, np.ndarray]) -> list:
+        """The first half of `push`: the causal preprocessing -> the core `Epoch`s completed."""
         feed = {r: np.asarray(chunks[r]) for r in self.pre.roles if r in chunks}
         for r, v in feed.items():
             self._n_pushed[r] += v.size
-        epochs = self.pre.push(feed)
-        return self.score_epochs(epochs, t0)
+        return self.pre.push(feed)
 
     def score_epochs(self, epochs: Sequence, t0: float | None = None) -> list[EpochResult]:
         """Epoch graph (batched) then the recurrent step, state carried; `epochs` are core `Epoch`s.
@@ -300,6 +303,63 @@ class StreamingScorer:
         return results
 
 
+class _background:
+    """Iterate `gen` in a worker thread, at most `depth` items ahead; exceptions re-raised here;
+    `close()` stops the worker (also when the consumer fails half-way)."""
+
+    _END = object()
+
+    def __init__(self, gen, depth: int = 2):
+        import queue
+        import threading
+
+        self._q: "queue.Queue" = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._gen = gen
+        self._thread = threading.Thread(target=self._run, name="sleepedge-preprocess", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._gen:
+                if self._stop.is_set():
+                    return
+                self._put((True, item))
+        except BaseException as ex:  # noqa: BLE001 - handed to the consumer thread
+            self._put((False, ex))
+            return
+        finally:
+            self._gen.close()     # in this thread: the generator's `with`/finally blocks run here
+        self._put((True, self._END))
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ok, item = self._q.get()
+        if not ok:
+            self.close()
+            raise item
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
 class NightResult:
     """Everything the sinks and the summary need about one scored recording."""
@@ -356,11 +416,17 @@ def score_recording(
     on_header: Callable[[object], None] | None = None,
     on_scorer: Callable[[StreamingScorer], None] | None = None,
     block_epochs: int = 32,
+    pipeline: bool = True,
 ) -> NightResult:
     """Score a whole EDF offline through the streaming path; `on_header(header)` once the file is
     open, `on_scorer(scorer)` once the channels are mapped (before the first epoch), `on_epoch`
     sees each result as it is scored (the sinks append and flush there), `on_progress(done_s,
-    total_s)` after each block."""
+    total_s)` after each block.
+
+    pipeline=True: a worker thread reads and preprocesses block k+1 (`scorer.pre.push`) while
+    this thread runs the graphs of block k (`scorer.score_epochs`) and the callbacks: the very
+    calls `StreamingScorer.push` makes, in the same order, on two cores (ONNX Runtime and
+    numpy's large operations release the GIL). Results are identical to pipeline=False (tested)."""
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
 
@@ -383,18 +449,30 @@ def score_recording(
         results: list[EpochResult] = []
         for onset, dur in header.gaps:  # EDF+D holes: the reader gives NaN there; flag them `gap`
             scorer.mark_gap(onset, onset + dur)
-        expected_onset = 0.0
         total_s = float(header.duration_s)
-        for onset_s, block in reader.iter_epochs(list(used.values()), n_epochs_per_block=block_epochs):
-            chunks = {label_role[label]: samples for label, samples in block.items() if label in label_role}
-            n = max((len(v) / rates[r] for r, v in chunks.items()), default=0.0)
-            expected_onset = onset_s + n
-            for res in scorer.push(chunks):
-                results.append(res)
-                if on_epoch is not None:
-                    on_epoch(res)
-            if on_progress is not None:
-                on_progress(min(expected_onset, total_s), total_s)
+
+        def blocks():
+            """(epochs completed by the block, its preprocessing seconds, signal time reached)."""
+            for onset_s, block in reader.iter_epochs(list(used.values()), n_epochs_per_block=block_epochs):
+                t = time.perf_counter()
+                chunks = {label_role[label]: samples for label, samples in block.items() if label in label_role}
+                n = max((len(v) / rates[r] for r, v in chunks.items()), default=0.0)
+                epochs = scorer.preprocess(chunks)
+                yield epochs, time.perf_counter() - t, onset_s + n
+
+        source = _background(blocks()) if pipeline else blocks()
+        try:
+            for epochs, pre_s, reached in source:
+                for res in scorer.score_epochs(epochs, time.perf_counter() - pre_s):
+                    results.append(res)
+                    if on_epoch is not None:
+                        on_epoch(res)
+                if on_progress is not None:
+                    on_progress(min(reached, total_s), total_s)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         summary = manifest_summary(bundle)
         return NightResult(
             source=str(path), epochs=results, start=header.start, roles_used=used,

@@ -363,3 +363,35 @@ def test_disk_full_mid_way_names_what_was_saved(tmp_path):
     s.fh = real
     s.close()
     assert len(read_rows(p)) == 3
+
+
+def test_pipelined_offline_scoring_equals_sequential(bundle, night_edf):
+    """score_recording's worker thread (read + preprocess of the next block while the graphs run)
+    gives exactly the results of the sequential loop; an error in the worker reaches the caller."""
+    from runtime.scorer import score_recording
+    from sleepedge.errors import PreprocessError
+
+    edf = night_edf
+    a = score_recording(edf, bundle, device="cpu", pipeline=True, block_epochs=3)
+    b = score_recording(edf, bundle, device="cpu", pipeline=False, block_epochs=3)
+    assert [e.stage for e in a.epochs] == [e.stage for e in b.epochs] and len(a.epochs) > 3
+    assert [e.probs for e in a.epochs] == [e.probs for e in b.epochs]
+    assert [e.quality for e in a.epochs] == [e.quality for e in b.epochs]
+
+    import runtime.scorer as scorer_mod
+
+    orig = scorer_mod.StreamingScorer.preprocess
+    calls = []
+
+    def failing(self, chunks):
+        calls.append(1)
+        if len(calls) == 2:
+            raise PreprocessError("boom in the worker")
+        return orig(self, chunks)
+
+    scorer_mod.StreamingScorer.preprocess = failing
+    try:
+        with pytest.raises(PreprocessError, match="boom in the worker"):
+            score_recording(edf, bundle, device="cpu", pipeline=True, block_epochs=3)
+    finally:
+        scorer_mod.StreamingScorer.preprocess = orig
