@@ -125,9 +125,37 @@ def sleepedge_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "sleepedge"]
 
 
-def score_job(night, bundle: Path, out: Path, threads: int | None = None) -> list[str]:
-    cmd = [*sleepedge_cmd(), "score", str(night.path), "--model", str(bundle), "--out", str(out), "--quiet"]
+HEADLINE_FORMATS = "tsv,json"              # the issue's headline: TSV + JSON report
+ALL_FORMATS = "tsv,csv,edf,json,png"       # every output (reported beside it)
+# the issue's targets, checked by throughput/streaming/scaling (printed, saved in the JSON, never asserted in tests)
+TARGETS = {"wall_vs_yasa_x": 10.0, "cpu_vs_yasa_x": 5.0, "peak_rss_mb": 150.0, "tiny_wall_vs_yasa_x": 3.0,
+           "import_s": 0.35, "stream_p99_ms": 2.0}
+TINY_NAME = "synthsleepnet-tiny-sim"       # the six-role simulated-trained SynthSleepNet tiny bundle (embedded)
+
+
+def score_job(night, bundle: Path, out: Path, threads: int | None = None, formats: str | None = None) -> list[str]:
+    path = night.path if hasattr(night, "path") else night
+    cmd = [*sleepedge_cmd(), "score", str(path), "--model", str(bundle), "--out", str(out), "--quiet"]
+    cmd += ["--format", formats] if formats else []
     return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def tiny_bundle() -> Path | None:
+    try:
+        from sleepedge.bundle import embedded_bundles
+
+        return embedded_bundles().get(TINY_NAME)
+    except (ImportError, AttributeError):
+        return None
+
+
+def precompile() -> str:
+    """Byte-compile the project (what `pip install` does for a wheel): an editable checkout run with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise recompile ~0.1 s of sources in every process."""
+    r = subprocess.run([sys.executable, "-m", "compileall", "-q", "sleepedge", "runtime"], cwd=REPO,
+                       capture_output=True, text=True)
+    return "byte-compiled sleepedge/ and runtime/ (as a wheel install is)" if r.returncode == 0 else \
+        f"compileall failed: {r.stderr[-200:]}"
 
 
 def stream_job(night, bundle: Path, out: Path) -> list[str]:
@@ -177,17 +205,65 @@ def competitor_timings(path: Path) -> dict | None:
 
 
 # ------------------------------------------------------------------------------------- sections
+def _ratios(res: dict, runs: dict) -> None:
+    """speed / CPU / RSS of every tool against YASA's medians of the same run (+ paired per round)."""
+    ya = res["tools"].get("yasa", {})
+    base, base_cpu = ya.get("wall_s", {}).get("median"), ya.get("cpu_s", {}).get("median")
+    rss_base = ya.get("peak_rss_mb", {}).get("median")
+    for name, t in res["tools"].items():
+        med, cpu = t.get("wall_s", {}).get("median"), t.get("cpu_s", {}).get("median")
+        t["speedup_vs_yasa"] = (base / med) if base and med else None
+        t["cpu_vs_yasa"] = (base_cpu / cpu) if base_cpu and cpu else None    # x less CPU than YASA
+        if base and name != "yasa" and runs.get("yasa"):
+            paired = [y.wall_s / s.wall_s for y, s in zip(runs["yasa"], runs[name]) if y.ok and s.ok]
+            t["speedup_vs_yasa_paired"] = summarize(paired)
+            pc = [y.cpu_s / s.cpu_s for y, s in zip(runs["yasa"], runs[name]) if y.ok and s.ok and y.cpu_s and s.cpu_s]
+            t["cpu_vs_yasa_paired"] = summarize(pc)
+        rss = t.get("peak_rss_mb", {}).get("median")
+        t["rss_vs_yasa"] = (rss / rss_base) if rss and rss_base else None
+
+
+def _summaries(runs: dict, res: dict) -> None:
+    for name, rr in runs.items():
+        res["tools"][name] = {**summarize_runs(rr), "cmd": rr[0].cmd if rr else None,
+                              "walls_s": [r.wall_s for r in rr], "cpus_s": [r.cpu_s for r in rr],
+                              "rss_mb": [r.peak_rss_mb for r in rr]}
+
+
+def _target(name: str, value, goal: float, higher_is_better: bool, what: str) -> dict:
+    met = None if value is None else (value >= goal if higher_is_better else value <= goal)
+    return {"target": name, "what": what, "value": value, "goal": goal,
+            "goal_text": f"{'>=' if higher_is_better else '<='} {goal:g}", "met": met}
+
+
+def _log_target(t: dict) -> None:
+    v = t["value"]
+    verdict = "not measured" if t["met"] is None else "MET" if t["met"] else "NOT MET"
+    log(f"  TARGET {t['target']}: {'-' if v is None else f'{v:.3g}'} (goal {t['goal_text']}) {verdict}")
+
+
 def section_throughput(ctx: dict) -> dict:
+    """Whole processes, interleaved rounds: `sleepedge score` (TSV+JSON = the headline; all outputs;
+    the six-role tiny bundle), `import sleepedge.cli`, `sleepedge score --help`, YASA and GSSC on the
+    simulated night; then sleepedge (TSV+JSON and all outputs) and YASA on the REAL 22-h night."""
     night = ctx["night"]
     tmp = Path(tempfile.mkdtemp(prefix="throughput-", dir=ctx["workdir"]))
     status = ctx["competitors"]
     jobs: dict[str, list[str] | None] = {}
     outs: dict[str, Path] = {}
+    tiny = tiny_bundle()
     if ctx["bundle"] is not None:
         outs["sleepedge"] = tmp / "sleepedge"
-        jobs["sleepedge"] = score_job(night, ctx["bundle"], outs["sleepedge"])
+        jobs["sleepedge"] = score_job(night, ctx["bundle"], outs["sleepedge"], formats=HEADLINE_FORMATS)
+        jobs["sleepedge all outputs"] = score_job(night, ctx["bundle"], tmp / "sleepedge_all", formats=ALL_FORMATS)
+        if tiny is not None and Path(tiny).resolve() != Path(ctx["bundle"]).resolve():
+            jobs[f"sleepedge {TINY_NAME}"] = score_job(night, tiny, tmp / "sleepedge_tiny", formats=HEADLINE_FORMATS)
         for th in ctx["extra_threads"]:   # optional extra rows: the same command with --threads N
-            jobs[f"sleepedge --threads {th}"] = score_job(night, ctx["bundle"], tmp / f"sleepedge_t{th}", th)
+            jobs[f"sleepedge --threads {th}"] = score_job(night, ctx["bundle"], tmp / f"sleepedge_t{th}", th,
+                                                          formats=HEADLINE_FORMATS)
+        jobs["import sleepedge.cli"] = [sys.executable, "-c", "import sleepedge.cli"]
+        jobs["sleepedge score --help"] = [*sleepedge_cmd(), "score", "--help"]
+    if status["yasa"] is None:
         outs["yasa"] = tmp / "yasa.json"
         jobs["yasa"] = yasa_job(ctx["bench_py"], night, outs["yasa"])
     if status["gssc"] is None:
@@ -196,10 +272,10 @@ def section_throughput(ctx: dict) -> dict:
     log(f"throughput: {night.hours:g}-h night, {ctx['runs']} interleaved rounds of {list(jobs)}")
     runs = interleaved(jobs, ctx["runs"], log=log)
     res: dict = {"night": night.to_dict(), "runs_per_tool": ctx["runs"], "order": list(jobs),
-                 "rss_method": rss_method(), "tools": {}, "skipped": {k: v for k, v in status.items() if v}}
-    for name, rr in runs.items():
-        res["tools"][name] = {**summarize_runs(rr), "cmd": rr[0].cmd if rr else None,
-                              "walls_s": [r.wall_s for r in rr], "rss_mb": [r.peak_rss_mb for r in rr]}
+                 "formats": {"sleepedge": HEADLINE_FORMATS, "sleepedge all outputs": ALL_FORMATS},
+                 "tiny_bundle": str(tiny) if tiny else None, "rss_method": rss_method(), "tools": {},
+                 "skipped": {k: v for k, v in status.items() if v}, "precompile": ctx.get("precompile")}
+    _summaries(runs, res)
     # predictions of the last run of each tool -> agreement on this night
     preds = {}
     if "sleepedge" in outs:
@@ -208,20 +284,15 @@ def section_throughput(ctx: dict) -> dict:
         if t in outs:
             preds[t] = competitor_stages(outs[t])
             tm = competitor_timings(outs[t])
-            if tm:
+            if tm and t in res["tools"]:
                 res["tools"][t]["in_process_timings_last_run_s"] = tm
     ctx["preds"][night.path.name] = {"night": night, "preds": preds}
-    # ratios (same run): YASA median / tool median; paired per-round ratios too
-    base = res["tools"].get("yasa", {}).get("wall_s", {}).get("median")
-    for name, t in res["tools"].items():
-        med = t.get("wall_s", {}).get("median")
-        t["speedup_vs_yasa"] = (base / med) if base and med else None
-        if base and name != "yasa" and runs.get("yasa"):
-            paired = [y.wall_s / s.wall_s for y, s in zip(runs["yasa"], runs[name]) if y.ok and s.ok]
-            t["speedup_vs_yasa_paired"] = summarize(paired)
-        rss_base = res["tools"].get("yasa", {}).get("peak_rss_mb", {}).get("median")
-        rss = t.get("peak_rss_mb", {}).get("median")
-        t["rss_vs_yasa"] = (rss / rss_base) if rss and rss_base else None
+    _ratios(res, runs)
+    if ctx["bundle"] is not None and not ctx["short"]:
+        res["real_night"] = real_night_throughput(ctx, tmp)
+    res["targets"] = throughput_targets(res)
+    for t in res["targets"]:
+        _log_target(t)
     # where sleepedge spends its time
     if ctx["bundle"] is not None:
         res["profile"] = profile_sleepedge(ctx, night, tmp)
@@ -229,11 +300,58 @@ def section_throughput(ctx: dict) -> dict:
     return res
 
 
+def real_night_throughput(ctx: dict, tmp: Path) -> dict:
+    """sleepedge (TSV+JSON, all outputs) and YASA (EEG Fpz-Cz + EOG horizontal, 100 Hz) on the REAL
+    22-h Sleep-EDF night, whole processes interleaved (speed only; accuracy: --sections real)."""
+    psg = real_night.PSG
+    if not psg.exists():
+        return {"skipped": f"{psg.name} not found (../shared/data absent)"}
+    jobs = {"sleepedge": score_job(psg, ctx["bundle"], tmp / "real_se", formats=HEADLINE_FORMATS),
+            "sleepedge all outputs": score_job(psg, ctx["bundle"], tmp / "real_se_all", formats=ALL_FORMATS)}
+    if ctx["competitors"]["yasa"] is None:
+        jobs["yasa"] = [ctx["bench_py"], str(REPO / "bench" / "run_yasa.py"), str(psg), str(tmp / "real_yasa.json"),
+                        "--eeg", real_night.EEG, "--eog", real_night.EOG]
+    n = max(1, min(ctx["runs"], ctx.get("real_throughput_runs", 3)))
+    log(f"throughput (REAL night {psg.name}, 22 h at 100 Hz): {n} interleaved rounds of {list(jobs)}")
+    runs = interleaved(jobs, n, log=log)
+    res: dict = {"edf": f"../shared/data/sleep-edf/{psg.name}", "runs_per_tool": n, "tools": {}}
+    _summaries(runs, res)
+    _ratios(res, runs)
+    return res
+
+
+def throughput_targets(res: dict) -> list[dict]:
+    tools = res.get("tools", {})
+    se, tiny = tools.get("sleepedge", {}), tools.get(f"sleepedge {TINY_NAME}", {})
+    imp, hlp = tools.get("import sleepedge.cli", {}), tools.get("sleepedge score --help", {})
+    rn = (res.get("real_night") or {}).get("tools", {}).get("sleepedge", {})
+    return [
+        _target("8-h wall vs YASA", se.get("speedup_vs_yasa"), TARGETS["wall_vs_yasa_x"], True,
+                "YASA median wall / sleepedge score (TSV+JSON) median wall"),
+        _target("8-h CPU vs YASA", se.get("cpu_vs_yasa"), TARGETS["cpu_vs_yasa_x"], True,
+                "YASA median CPU s / sleepedge median CPU s"),
+        _target("8-h peak RSS MB", (se.get("peak_rss_mb") or {}).get("median"), TARGETS["peak_rss_mb"], False,
+                "sleepedge score (TSV+JSON) median peak RSS"),
+        _target("22-h real wall vs YASA", rn.get("speedup_vs_yasa"), TARGETS["wall_vs_yasa_x"], True,
+                "same on SC4001E0-PSG.edf"),
+        _target("22-h real CPU vs YASA", rn.get("cpu_vs_yasa"), TARGETS["cpu_vs_yasa_x"], True, "same on SC4001E0-PSG.edf"),
+        _target("22-h real peak RSS MB", (rn.get("peak_rss_mb") or {}).get("median"), TARGETS["peak_rss_mb"], False,
+                "same on SC4001E0-PSG.edf"),
+        _target(f"{TINY_NAME} wall vs YASA", tiny.get("speedup_vs_yasa"), TARGETS["tiny_wall_vs_yasa_x"], True,
+                "six-role SynthSleepNet tiny bundle, TSV+JSON"),
+        _target("import sleepedge.cli s", (imp.get("wall_s") or {}).get("median"), TARGETS["import_s"], False,
+                "whole process `python -c 'import sleepedge.cli'`"),
+        _target("sleepedge score --help s", (hlp.get("wall_s") or {}).get("median"), TARGETS["import_s"], False,
+                "whole process"),
+    ]
+
+
 def profile_sleepedge(ctx: dict, night, tmp: Path) -> dict:
     out: dict = {}
     pj = tmp / "profile.json"
     r = run_timed("profile", [sys.executable, "-m", "bench.profile_score", str(night.path), "--model", str(ctx["bundle"]),
-                              "--out", str(tmp / "prof_out"), "--json", str(pj)], env={"PYTHONPATH": str(REPO)})
+                              "--out", str(tmp / "prof_out"), "--json", str(pj), "--formats", HEADLINE_FORMATS],
+                  env={"PYTHONPATH": str(REPO)})
     if r.ok and pj.exists():
         out = json.loads(pj.read_text())
         out["process_wall_s"] = r.wall_s
@@ -246,7 +364,8 @@ def profile_sleepedge(ctx: dict, night, tmp: Path) -> dict:
     if not ctx["short"]:
         pj2 = tmp / "cprofile.json"
         r2 = run_timed("cprofile", [sys.executable, "-m", "bench.profile_score", str(night.path), "--model",
-                                    str(ctx["bundle"]), "--out", str(tmp / "prof_out2"), "--json", str(pj2), "--cprofile"],
+                                    str(ctx["bundle"]), "--out", str(tmp / "prof_out2"), "--json", str(pj2), "--cprofile",
+                                    "--formats", HEADLINE_FORMATS],
                        env={"PYTHONPATH": str(REPO)})
         if r2.ok and pj2.exists():
             out["cprofile_top_tottime"] = json.loads(pj2.read_text()).get("cprofile_top_tottime")
@@ -286,17 +405,26 @@ def section_streaming(ctx: dict) -> dict:
     pj = ctx["workdir"] / "streaming.json"
     cmd = [sys.executable, "-m", "bench.streaming", "--night", str(night.path), "--json", str(pj),
            "--workdir", str(ctx["workdir"]), "--epochs", str(12 if ctx["short"] else 200),
+           "--bundle-epochs", str(12 if ctx["short"] else 0),    # 0: every epoch of the night
            "--paper-epochs", "40", "--presets", "" if ctx["short"] else ctx["presets"]]
     if ctx["bundle"] is not None:
         cmd += ["--bundle", str(ctx["bundle"]), "--bundle-label", ctx["bundle_label"]]
     log(f"streaming: per-epoch latency, 1 thread ({'bundle only' if ctx['short'] else 'bundle + ' + ctx['presets']})")
-    r = run_timed("streaming", cmd, env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, timeout=1800)
+    r = run_timed("streaming", cmd, env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
+                  timeout=1800)
     if not (r.ok and pj.exists()):
         return {"error": r.stderr_tail[-1500:]}
     out = json.loads(pj.read_text())
     out["process_wall_s"] = r.wall_s
     for k, v in out.get("scorer", {}).items():
-        log(f"  scorer {k}: push median {v['push_ms'].get('median', float('nan')):.2f} ms, p99 {v['push_ms'].get('p99', float('nan')):.2f} ms")
+        p = v["push_ms"]
+        log(f"  scorer {k}: {p.get('n')} epochs, push p50 {p.get('median', float('nan')):.2f} ms, "
+            f"p99 {p.get('p99', float('nan')):.2f} ms, max {p.get('max', float('nan')):.2f} ms")
+    main = (out.get("scorer") or {}).get(ctx["bundle_label"], {}).get("push_ms", {})
+    out["targets"] = [_target("stream per-epoch p99 ms (1 thread)", main.get("p99"), TARGETS["stream_p99_ms"], False,
+                              "StreamingScorer.push of one 30-s chunk: preprocess + epoch graph + step, whole night")]
+    for t in out["targets"]:
+        _log_target(t)
     for k, v in out.get("ort_vs_torch", {}).items():
         log(f"  {k}: ORT {v['ort_ms']['median']:.2f} ms vs torch {v['torch_eager_ms']['median']:.2f} ms -> x{v['torch_over_ort_median']:.2f}")
     for k, v in out.get("errors", {}).items():
@@ -311,17 +439,21 @@ def section_scaling(ctx: dict) -> dict:
     nights = {h: make_night(ctx["workdir"], h, seed=7, rate_hz=ctx["rate"], log=log) for h in hours}
     tmp = Path(tempfile.mkdtemp(prefix="scaling-", dir=ctx["workdir"]))
     jobs = {}
-    for h, n in nights.items():
-        jobs[f"score {h:g}h"] = score_job(n, ctx["bundle"], tmp / f"score_{h:g}")
-    has_stream = "stream" in subprocess.run([*sleepedge_cmd(), "--help"], capture_output=True, text=True).stdout
+    modes = ctx.get("scaling_modes", ("score", "stream"))
+    if "score" in modes:
+        for h, n in nights.items():
+            jobs[f"score {h:g}h"] = score_job(n, ctx["bundle"], tmp / f"score_{h:g}", formats=HEADLINE_FORMATS)
+    has_stream = "stream" in modes and "stream" in subprocess.run([*sleepedge_cmd(), "--help"], capture_output=True,
+                                                                    text=True).stdout
     if has_stream:
         for h, n in nights.items():
             jobs[f"stream {h:g}h"] = stream_job(n, ctx["bundle"], tmp / f"stream_{h:g}")
-    log(f"scaling: {hours} h, {ctx['scaling_runs']} interleaved rounds, modes score{' + stream' if has_stream else ''}")
+    mode_list = [m for m in ("score", "stream") if m in modes and (m != "stream" or has_stream)]
+    log(f"scaling: {hours} h, {ctx['scaling_runs']} interleaved rounds, modes {mode_list}")
     runs = interleaved(jobs, ctx["scaling_runs"], log=log)
     shutil.rmtree(tmp, ignore_errors=True)
     res: dict = {"hours": hours, "runs": ctx["scaling_runs"], "rate_hz": ctx["rate"], "modes": {}}
-    for mode in ("score", "stream") if has_stream else ("score",):
+    for mode in mode_list:
         rows = []
         for h in hours:
             s = summarize_runs(runs[f"{mode} {h:g}h"])
@@ -330,12 +462,22 @@ def section_scaling(ctx: dict) -> dict:
         good = [r for r in rows if r["wall_s"] is not None]
         fit = linear_fit([r["hours"] for r in good], [r["wall_s"] for r in good])
         rss_fit = linear_fit([r["hours"] for r in good], [r["peak_rss_mb"] for r in good if r["peak_rss_mb"] is not None])
-        res["modes"][mode] = {"rows": rows, "wall_fit_s_per_hour": fit, "rss_fit_mb_per_hour": rss_fit,
+        per_hour = [r["wall_s"] / r["hours"] for r in good]
+        rss = [r["peak_rss_mb"] for r in good if r["peak_rss_mb"]]
+        res["modes"][mode] = {
+            "rows": rows, "wall_s_per_hour": per_hour,
+            # no faster than linear: wall per hour of night never grows by > 10 % from one length to the next
+            "linear": bool(per_hour) and all(b <= a * 1.1 for a, b in zip(per_hour, per_hour[1:])),
+            "rss_flat": bool(rss) and max(rss) <= 1.15 * min(rss),      # peak RSS within 15 % at every length
+            "wall_fit_s_per_hour": fit, "rss_fit_mb_per_hour": rss_fit,
                               "rss_min_mb": min((r["peak_rss_mb"] for r in good if r["peak_rss_mb"]), default=None),
                               "rss_max_mb": max((r["peak_rss_mb"] for r in good if r["peak_rss_mb"]), default=None)}
         if fit["slope"] is not None:
+            mv = res["modes"][mode]
             log(f"  {mode}: {fit['slope']:.3f} s per hour of night (+{fit['intercept']:.2f} s), R2 {fit['r2']:.4f}; "
-                f"RSS {res['modes'][mode]['rss_min_mb']:.0f}-{res['modes'][mode]['rss_max_mb']:.0f} MB")
+                f"wall per hour {', '.join(f'{v:.3f}' for v in per_hour)} s; RSS {mv['rss_min_mb']:.0f}-{mv['rss_max_mb']:.0f} MB")
+            log(f"  TARGET scaling {mode}: wall {'linear (MET)' if mv['linear'] else 'NOT linear (NOT MET)'}, "
+                f"RSS {'flat (MET)' if mv['rss_flat'] else 'NOT flat (NOT MET)'}")
     return res
 
 
@@ -477,10 +619,12 @@ def main(argv=None) -> int:
     ap.add_argument("--hours", type=float, default=None, help="night length for throughput (default 8; --short 0.25)")
     ap.add_argument("--rate", type=float, default=256.0, help="EEG/EOG/EMG/ECG rate of the simulated nights")
     ap.add_argument("--sections", default=",".join(SECTIONS))
-    ap.add_argument("--scaling-hours", default=None, help="comma list (default 1,4,8,16,24; --short 0.1,0.2)")
+    ap.add_argument("--scaling-hours", default=None, help="comma list (default 1,8,24,72; --short 0.1,0.2)")
+    ap.add_argument("--scaling-modes", default="score,stream",
+                    help="comma list of score,stream (stream: `sleepedge stream --edf F --speed 0`, fsync per epoch)")
     ap.add_argument("--scaling-runs", type=int, default=None, help="rounds for scaling (default 3; --short 1)")
     ap.add_argument("--extra-threads", default="", help="comma list: extra `sleepedge score --threads N` rows")
-    ap.add_argument("--presets", default="default-arch,paper",
+    ap.add_argument("--presets", default="tiny,paper",
                     help="random-weight exports for streaming/export (tiny, paper, default-arch = the default bundle's config)")
     ap.add_argument("--real-runs", type=int, default=1,
                     help="interleaved rounds of the real-night section (default 1: a 22-h night per tool)")
@@ -503,8 +647,9 @@ def main(argv=None) -> int:
     ctx: dict = {
         "short": short, "sections": sections, "workdir": a.workdir, "rate": a.rate,
         "runs": a.runs or (1 if short else 5), "hours": a.hours or (0.25 if short else 8.0),
-        "scaling_hours": [float(x) for x in (a.scaling_hours or ("0.1,0.2" if short else "1,4,8,16,24")).split(",")],
+        "scaling_hours": [float(x) for x in (a.scaling_hours or ("0.1,0.2" if short else "1,8,24,72")).split(",")],
         "scaling_runs": a.scaling_runs or (1 if short else 3), "presets": a.presets,
+        "scaling_modes": tuple(m for m in a.scaling_modes.split(",") if m),
         "extra_threads": [int(x) for x in a.extra_threads.split(",") if x.strip()],
         "bench_py": bench_py, "preds": {}, "results": {},
         "agreement_seeds": [7] if short else [7, 8, 9],
@@ -515,6 +660,8 @@ def main(argv=None) -> int:
     log(f"sleepedge bench ({'short' if short else 'full'}) -> {results_dir}; sections {sections}")
     if not simulator_available():
         log("WARNING: sleepedge.simulate is not importable; nights are fallback noise without ground truth")
+    ctx["precompile"] = precompile()
+    log(ctx["precompile"])
     ctx["competitors"] = competitor_status(bench_py)
     for tool, why in ctx["competitors"].items():
         if why:

@@ -102,6 +102,7 @@ class ProcResult:
     wall_s: float
     peak_rss_mb: float | None
     returncode: int
+    cpu_s: float | None = None       # user + system CPU seconds of the process tree
     stdout_tail: str = ""
     stderr_tail: str = ""
     extra: dict = field(default_factory=dict)
@@ -115,12 +116,15 @@ class ProcResult:
 
 
 _MAXRSS_RE = re.compile(r"Maximum resident set size \(kbytes\):\s*(\d+)")
+_USER_RE = re.compile(r"User time \(seconds\):\s*([0-9.]+)")
+_SYS_RE = re.compile(r"System time \(seconds\):\s*([0-9.]+)")
 
 _WRAPPER = (
     "import resource,subprocess,sys\n"
     "rc=subprocess.call(sys.argv[2:])\n"
-    "kb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "open(sys.argv[1],'w').write('Maximum resident set size (kbytes): %d\\n'%kb)\n"
+    "ru=resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "open(sys.argv[1],'w').write('Maximum resident set size (kbytes): %d\\nUser time (seconds): %.3f\\n"
+    "System time (seconds): %.3f\\n'%(ru.ru_maxrss,ru.ru_utime,ru.ru_stime))\n"
     "sys.exit(rc)\n"
 )
 
@@ -170,6 +174,8 @@ def run_timed(name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = 
         text = Path(rss_file).read_text() if Path(rss_file).exists() else ""
         m = _MAXRSS_RE.search(text)
         rss = int(m.group(1)) / 1024 if m else None
+        mu, ms = _USER_RE.search(text), _SYS_RE.search(text)
+        cpu = float(mu.group(1)) + float(ms.group(1)) if mu and ms else None
         # GNU time prints "Command exited with non-zero status N" into its -o file, not stderr
         if rc != 0 and "Command exited" in text:
             err = err + "\n" + text.splitlines()[0]
@@ -178,7 +184,7 @@ def run_timed(name: str, cmd: Sequence[str], *, env: Mapping[str, str] | None = 
             os.unlink(rss_file)
         except OSError:
             pass
-    return ProcResult(name=name, cmd=cmd, wall_s=wall, peak_rss_mb=rss, returncode=rc,
+    return ProcResult(name=name, cmd=cmd, wall_s=wall, peak_rss_mb=rss, returncode=rc, cpu_s=cpu,
                       stdout_tail=out[-2000:], stderr_tail=err[-3000:])
 
 
@@ -195,7 +201,8 @@ def interleaved(jobs: Mapping[str, Sequence[str] | None], runs: int, *, env: Map
             res = run_timed(name, cmd, env=env, timeout=timeout)
             out[name].append(res)
             rss = f"{res.peak_rss_mb:.0f} MB" if res.peak_rss_mb is not None else "?"
-            log(f"  run {r + 1}/{runs} {name:<22} {res.wall_s:7.2f} s  peak RSS {rss}"
+            cpu = f"{res.cpu_s:6.2f} s" if res.cpu_s is not None else "?"
+            log(f"  run {r + 1}/{runs} {name:<34} {res.wall_s:7.2f} s  CPU {cpu}  peak RSS {rss}"
                 + ("" if res.ok else f"  FAILED rc={res.returncode}: {res.stderr_tail.strip().splitlines()[-1:] }"))
             if not res.ok:
                 dead.add(name)
@@ -218,6 +225,7 @@ def summarize_runs(runs: Sequence[ProcResult]) -> dict:
     return {
         "runs": len(runs), "ok": len(ok),
         "wall_s": summarize([r.wall_s for r in ok]),
+        "cpu_s": summarize([r.cpu_s for r in ok if r.cpu_s is not None]),
         "peak_rss_mb": summarize([r.peak_rss_mb for r in ok if r.peak_rss_mb is not None]),
         "error": None if ok or not runs else (runs[-1].stderr_tail.strip().splitlines() or ["?"])[-1],
     }

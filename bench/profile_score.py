@@ -2,8 +2,9 @@
 
     python -m bench.profile_score NIGHT.edf --model BUNDLE --out DIR --json OUT.json [--cprofile]
 
-Runs the same function the CLI runs (`sleepedge.commands.score.score_files`, default formats,
-1 thread) in this process, with wall-clock accumulators wrapped around (exclusive parts):
+Runs the same function the CLI runs (`sleepedge.commands.score.score_files`, default formats
+unless --formats, the CLI's default threads) in this process, read + preprocess NOT overlapped
+with the graphs (runtime.scorer.PIPELINE = False, so the parts are exclusive), with wall-clock accumulators wrapped around (exclusive parts):
     import          importing the CLI + runtime modules
     bundle_load     load_bundle (checksums, manifest)
     session_load    make_sessions (ONNX Runtime session creation)
@@ -24,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # as the CLI does (sleepedge/cli.py), before numpy loads
 
 T_START = time.perf_counter()
 
@@ -118,6 +122,9 @@ def main() -> None:
     from sleepedge.commands import score as score_cmd
 
     ACC["import"] += time.perf_counter() - t
+    # exclusive parts need one thread: the CLI overlaps read + preprocess of block k+1 with the graphs
+    # of block k (runtime.scorer.PIPELINE); here they run one after the other
+    runtime.scorer.PIPELINE = False
     wrapped = {
         "bundle_load": _wrap(bundle_mod, "load_bundle", "bundle_load"),
         "session_load": _wrap(session_mod, "make_sessions", "session_load"),

@@ -29,6 +29,25 @@ def _provenance(sec: dict, earlier: bool) -> str:
     return "_Measured: " + "; ".join(bits) + "._"
 
 
+def _tool_table(w, tools: dict, what: dict, skipped: dict) -> None:
+    w("| tool | what runs | median wall s (min-max) | speed vs YASA | median CPU s | CPU vs YASA | "
+      "peak RSS MB (median) | RSS vs YASA | runs ok |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for name, t in tools.items():
+        if name.startswith("sleepedge --threads"):
+            what = {**what, name: f"same as sleepedge with `{name[len('sleepedge '):]}` (ORT intra-op threads)"}
+        if name.startswith("sleepedge synthsleepnet"):
+            what = {**what, name: f"`sleepedge score --model {name[len('sleepedge '):]}` (six-role SynthSleepNet tiny), TSV+JSON"}
+        ws, rs, cs = t.get("wall_s", {}), t.get("peak_rss_mb", {}), t.get("cpu_s", {})
+        w(f"| {name} | {what.get(name, name)} | {_f(ws.get('median'))} ({_f(ws.get('min'))}-{_f(ws.get('max'))}) | "
+          f"{_f(t.get('speedup_vs_yasa'), '{:.2f}x')} | {_f(cs.get('median'))} | {_f(t.get('cpu_vs_yasa'), '{:.2f}x')} | "
+          f"{_f(rs.get('median'), '{:.0f}')} | {_f(t.get('rss_vs_yasa'), '{:.2f}')} | "
+          f"{t.get('ok')}/{t.get('runs')}" + (f" ({t['error']})" if t.get("error") else "") + " |")
+    for tool, why in skipped.items():
+        w(f"| {tool} | not run: {why} | - | - | - | - | - | - | 0 |")
+    w("")
+
+
 def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) -> str:
     m = meta["machine"]
     L: list[str] = []
@@ -66,39 +85,45 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
         if "error" in thr and "tools" not in thr:
             w(f"FAILED: {thr['error']}")
         else:
-            w("| tool | what runs | median wall s (min-max) | speed vs YASA | peak RSS MB (median) | RSS vs YASA | runs ok |")
-            w("|---|---|---|---|---|---|---|")
-            what = {"sleepedge": "`sleepedge score` as shipped (ORT, default threads = every core), all default outputs",
+            fm = thr.get("formats") or {}
+            what = {"sleepedge": f"`sleepedge score` default bundle, outputs {fm.get('sleepedge', 'all default')}",
+                    "sleepedge all outputs": f"same, every output ({fm.get('sleepedge all outputs', '')})",
                     "yasa": "YASA SleepStaging EEG+EOG+EMG (MNE read, resample 100 Hz)",
-                    "gssc": "GSSC EEG only (PEERS loader workaround, torch default threads)"}
-            for name, t in thr["tools"].items():
-                if name.startswith("sleepedge --threads"):
-                    what[name] = f"same as sleepedge with `{name[len('sleepedge '):]}` (ORT intra-op threads)"
-                ws, rs = t.get("wall_s", {}), t.get("peak_rss_mb", {})
-                sp = t.get("speedup_vs_yasa")
-                w(f"| {name} | {what.get(name, name)} | {_f(ws.get('median'))} ({_f(ws.get('min'))}-{_f(ws.get('max'))}) | "
-                  f"{_f(sp, '{:.2f}x')} | {_f(rs.get('median'), '{:.0f}')} | {_f(t.get('rss_vs_yasa'), '{:.2f}')} | "
-                  f"{t.get('ok')}/{t.get('runs')}" + (f" ({t['error']})" if t.get("error") else "") + " |")
-            for tool, why in (thr.get("skipped") or {}).items():
-                w(f"| {tool} | not run: {why} | - | - | - | - | 0 |")
-            w("")
-            w("Speed vs YASA = YASA median wall / tool median wall (same run); RSS vs YASA = tool / YASA.")
-            se, ya = thr["tools"].get("sleepedge", {}), thr["tools"].get("yasa", {})
-            if se.get("speedup_vs_yasa") and se.get("rss_vs_yasa") and "--short" not in (thr.get("_run") or {}).get("command", ""):
-                fast, lean = se["speedup_vs_yasa"] >= 10, se["rss_vs_yasa"] < 1
-                w(f"**Goal (sleepedge >= 10x faster than YASA with lower peak RSS): "
-                  f"{'MET' if fast and lean else 'NOT MET'}** - measured {se['speedup_vs_yasa']:.2f}x "
-                  f"({'ok' if fast else 'short of 10x'}), peak RSS {se['rss_vs_yasa']:.2f}x YASA's "
-                  f"({'lower' if lean else 'not lower'}).")
+                    "gssc": "GSSC EEG only (PEERS loader workaround, torch default threads)",
+                    "import sleepedge.cli": "`python -c 'import sleepedge.cli'`",
+                    "sleepedge score --help": "`sleepedge score --help`"}
+            _tool_table(w, thr["tools"], what, thr.get("skipped") or {})
+            w("Speed vs YASA = YASA median wall / tool median wall; CPU vs YASA = YASA median CPU (user+sys) / tool "
+              "median CPU (same run); RSS vs YASA = tool / YASA.")
             pairs = {k: v.get("speedup_vs_yasa_paired") for k, v in thr["tools"].items() if v.get("speedup_vs_yasa_paired")}
             for k, v in pairs.items():
                 if v.get("n"):
-                    w(f"Paired per-round YASA/{k} ratios: median {v['median']:.2f}x (min {v['min']:.2f}x, max {v['max']:.2f}x, n={v['n']}).")
+                    w(f"Paired per-round YASA/{k} wall ratios: median {v['median']:.2f}x (min {v['min']:.2f}x, max {v['max']:.2f}x, n={v['n']}).")
             for k in ("yasa", "gssc"):
                 tm = thr["tools"].get(k, {}).get("in_process_timings_last_run_s")
                 if tm:
                     w(f"{k} in-process (last run): " + ", ".join(f"{a} {v:.2f}s" for a, v in tm.items()))
             w("")
+            rn = thr.get("real_night") or {}
+            if rn.get("tools"):
+                w(f"### REAL 22-h night `{rn.get('edf')}` (100 Hz, {rn.get('runs_per_tool')} interleaved rounds)")
+                w("")
+                _tool_table(w, rn["tools"], {"sleepedge": "`sleepedge score` default bundle, TSV+JSON",
+                                             "sleepedge all outputs": "same, every output",
+                                             "yasa": "YASA EEG Fpz-Cz + EOG horizontal"}, {})
+            elif rn.get("skipped"):
+                w(f"REAL 22-h night: skipped ({rn['skipped']})")
+                w("")
+            if thr.get("targets"):
+                w("### Targets (issue 13)")
+                w("")
+                w("| target | measured | goal | met |")
+                w("|---|---|---|---|")
+                for t in thr["targets"]:
+                    v = t.get("value")
+                    w(f"| {t['target']} ({t.get('what', '')}) | {_f(v, '{:.3g}')} | {t['goal_text']} | "
+                      f"{'-' if t.get('met') is None else 'yes' if t['met'] else '**no**'} |")
+                w("")
         prof = thr.get("profile") or {}
         if prof.get("parts_s"):
             total = prof.get("process_wall_s") or sum(prof["parts_s"].values())
@@ -159,6 +184,9 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
                     w(f"- {k}: torch eager / ORT (medians, same model, same inputs, alternating A B / B A) = "
                       f"**{_f(v.get('torch_over_ort_median'), '{:.2f}x')}**; max |stage-logit diff| over the rollout "
                       f"{_f(v.get('max_abs_stage_logit_diff'), '{:.1e}')}")
+            for t in st.get("targets") or []:
+                w(f"- **Target {t['target']}: {_f(t.get('value'))} (goal {t['goal_text']}): "
+                  f"{'not measured' if t.get('met') is None else 'MET' if t['met'] else 'NOT MET'}**")
             for k, v in (st.get("errors") or {}).items():
                 w(f"- {k}: FAILED {v[:300]}")
         w("")
@@ -183,6 +211,10 @@ def render(meta: dict, results: dict, earlier: set | frozenset = frozenset()) ->
             for mname, mv in sc["modes"].items():
                 f, rf = mv["wall_fit_s_per_hour"], mv["rss_fit_mb_per_hour"]
                 cmd = "sleepedge score" if mname == "score" else "sleepedge stream --edf F --speed 0"
+                if "linear" in mv:
+                    w(f"- `{cmd}`: wall per hour of night {', '.join(f'{v:.3f}' for v in mv.get('wall_s_per_hour') or [])} s "
+                      f"-> {'no faster than linear' if mv['linear'] else '**faster than linear**'}; peak RSS "
+                      f"{'flat (within 15 %)' if mv.get('rss_flat') else '**not flat**'}")
                 w(f"- `{cmd}`: wall = {_f(f.get('intercept'))} s + {_f(f.get('slope'), '{:.3f}')} s per hour of night "
                   f"(R^2 {_f(f.get('r2'), '{:.4f}')}); peak RSS {_f(mv.get('rss_min_mb'), '{:.0f}')}-{_f(mv.get('rss_max_mb'), '{:.0f}')} MB "
                   f"(slope {_f(rf.get('slope'), '{:.1f}')} MB per hour)")

@@ -94,7 +94,10 @@ def model_config(preset_name: str):
     if preset_name == "default-arch":
         from sleepedge.bundle import default_bundle_path, load_bundle
 
-        return SynthSleepNetConfig.from_dict(load_bundle(default_bundle_path()).manifest["model"]["config"])
+        model = load_bundle(default_bundle_path()).manifest["model"]
+        if model.get("family", "SynthSleepNet") != "SynthSleepNet":
+            raise ValueError(f"the default bundle is a {model.get('family')}, not a SynthSleepNet: no default-arch preset")
+        return SynthSleepNetConfig.from_dict(model["config"])
     return preset(preset_name)
 
 
@@ -179,8 +182,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--bundle-label", default="default")
-    ap.add_argument("--presets", default="default-arch,paper")
-    ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--presets", default="tiny,paper")
+    ap.add_argument("--epochs", type=int, default=200, help="epochs for the random-weight presets")
+    ap.add_argument("--bundle-epochs", type=int, default=0, help="epochs for --bundle (0: the whole night)")
     ap.add_argument("--paper-epochs", type=int, default=60)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sleepedge-bench"))
     a = ap.parse_args()
@@ -188,7 +192,7 @@ def main() -> None:
 
     out: dict = {"threads": 1, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "scorer": {},
                  "ort_vs_torch": {}, "exports": {}, "errors": {}}
-    sig, rates = read_epochs(a.night, a.epochs)
+    sig, rates = read_epochs(a.night, a.bundle_epochs if a.bundle_epochs > 0 else 10**9)
     out["night"] = str(a.night)
     out["rates_hz"] = rates
     if a.bundle is not None:

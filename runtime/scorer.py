@@ -36,6 +36,7 @@ from sleepedge.errors import BundleError, ChannelError, PreprocessError
 
 MAX_BATCH = 8    # epochs per epoch-graph call: tiny SynthSleepNet, 8-h night peak RSS 311 MB at 8 vs 466 MB at 32, same wall time;
                  # SpectralSleepNet (1 thread): 0.39 / 0.33 / 0.33 / 0.34 ms per epoch at batch 1 / 8 / 32 / 128 (compute-bound)
+PIPELINE = True  # score_recording: read + preprocess the next block in a worker thread (bench.profile_score: False)
 RESP_MIN_HZ = 10.0   # airflow / nasal pressure / thermistor: breaths and 10-s flow reductions need >= 10 Hz
 SPO2_MIN_HZ = 1.0    # oximetry: desaturations are read at >= 1 Hz
 RESPIRATORY_TASKS = ("apnea", "hypopnea")
@@ -416,14 +417,14 @@ def score_recording(
     on_header: Callable[[object], None] | None = None,
     on_scorer: Callable[[StreamingScorer], None] | None = None,
     block_epochs: int = 32,
-    pipeline: bool = True,
+    pipeline: bool | None = None,
 ) -> NightResult:
     """Score a whole EDF offline through the streaming path; `on_header(header)` once the file is
     open, `on_scorer(scorer)` once the channels are mapped (before the first epoch), `on_epoch`
     sees each result as it is scored (the sinks append and flush there), `on_progress(done_s,
     total_s)` after each block.
 
-    pipeline=True: a worker thread reads and preprocesses block k+1 (`scorer.pre.push`) while
+    pipeline=True (default: module-level PIPELINE): a worker thread reads and preprocesses block k+1 (`scorer.pre.push`) while
     this thread runs the graphs of block k (`scorer.score_epochs`) and the callbacks: the very
     calls `StreamingScorer.push` makes, in the same order, on two cores (ONNX Runtime and
     numpy's large operations release the GIL). Results are identical to pipeline=False (tested)."""
@@ -460,7 +461,7 @@ def score_recording(
                 epochs = scorer.preprocess(chunks)
                 yield epochs, time.perf_counter() - t, onset_s + n
 
-        source = _background(blocks()) if pipeline else blocks()
+        source = _background(blocks()) if (PIPELINE if pipeline is None else pipeline) else blocks()
         try:
             for epochs, pre_s, reached in source:
                 for res in scorer.score_epochs(epochs, time.perf_counter() - pre_s):

@@ -16,7 +16,7 @@ import sys
 # multiplies tall-skinny blocks (sleepedge.dsp) where OpenBLAS threads cost more than they
 # bring (4x slower on a busy 2-core machine); ONNX Runtime owns the cores (--threads).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,   # click's plain help formatter: `--help` without importing rich's markdown/help renderer
 )
 
 
@@ -40,10 +41,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[
-        Optional[bool],
+    version: Annotated[   # plain bool: typer skips its pydantic coercion for a bool flag (import ~0.1 s on --help)
+        bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    ] = None,
+    ] = False,
 ) -> None:
     """sleepedge: score sleep epoch by epoch, offline or live, on CPU, CUDA or Jetson."""
 

@@ -72,12 +72,24 @@ def test_bench_short_runs_without_competitors(tmp_path):
     se = thr["tools"]["sleepedge"]
     assert se["ok"] == 1 and se["wall_s"]["median"] > 0, se
     assert se["peak_rss_mb"]["median"] > 0
+    assert se["cpu_s"]["median"] > 0, se                                 # CPU (user+sys) of the process tree
+    assert "--format" in se["cmd"] and "tsv,json" in se["cmd"], se["cmd"]  # the issue's headline outputs
+    for row in ("sleepedge all outputs", "import sleepedge.cli", "sleepedge score --help"):
+        assert thr["tools"][row]["ok"] == 1, (row, thr["tools"].get(row))
+    names = {t["target"] for t in thr["targets"]}
+    assert {"8-h wall vs YASA", "8-h CPU vs YASA", "8-h peak RSS MB", "import sleepedge.cli s"} <= names, names
+    by = {t["target"]: t for t in thr["targets"]}
+    assert by["8-h wall vs YASA"]["met"] is None                          # no YASA here: not measured, never faked
+    assert by["import sleepedge.cli s"]["value"] > 0
+    assert "Targets (issue 13)" in md and "CPU vs YASA" in md
     assert thr["profile"]["parts_s"]["epoch_graph"] > 0
     st = json.loads((res_dir / "streaming.json").read_text())
     assert not st.get("errors"), st.get("errors")
     assert next(iter(st["scorer"].values()))["push_ms"]["n"] > 0
+    assert st["targets"][0]["value"] is not None and st["targets"][0]["goal"] == 2.0
     sc = json.loads((res_dir / "scaling.json").read_text())
     assert all(r["ok"] for m in sc["modes"].values() for r in m["rows"]), sc
+    assert all("linear" in m and "rss_flat" in m for m in sc["modes"].values()), sc
     ag = json.loads((res_dir / "agreement.json").read_text())
     assert "NOT real-sleep" in ag["label"]
     assert ag["pooled"]["sleepedge"]["n_scored"] == 30, ag   # 15-min night = 30 epochs
