@@ -325,6 +325,40 @@ _TAL_ONSET = re.compile(rb"^[+-]\d+(\.\d*)?$")
 _TAL_ONSET_LENIENT = re.compile(rb"^[+-]?\d*\.?\d*$")
 _TAL_DURATION = re.compile(rb"^\d*\.?\d*$")
 _NK_MISSING_NUL = re.compile(rb"\x14\x14(?=[+-]\d)")
+def _timekeeping_only(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Records (rows of an "EDF Annotations" block, int16) that hold nothing but their time-keeping
+    TAL, exactly `_TAL_TIMEKEEPING_ONLY`: (mask, onsets (NaN elsewhere)) - what parse_tal_record
+    returns for them is (onset, [], []). Checked with array operations for the whole block."""
+    A = np.ascontiguousarray(col).view(np.uint8)
+    n, nb = A.shape
+    vals = np.full(n, np.nan)
+    if n == 0 or nb < 5:
+        return np.zeros(n, dtype=bool), vals
+    rows = np.arange(n)
+    is14 = A == 0x14
+    k = is14.argmax(axis=1)                          # first \x14
+    ok = is14[rows, k] & (k >= 2) & (k + 2 < nb) & (A[:, 0] == 0x2B)     # "+", body, \x14\x14, >= 1 NUL
+    ok &= is14[rows, np.minimum(k + 1, nb - 1)]
+    last_nonzero = nb - 1 - (A[:, ::-1] != 0).argmax(axis=1)
+    ok &= last_nonzero == k + 1                      # only NULs after "\x14\x14"
+    inside = (np.arange(nb)[None, :] >= 1) & (np.arange(nb)[None, :] < k[:, None])
+    digit = (A >= 0x30) & (A <= 0x39)
+    dot = A == 0x2E
+    ok &= ~(inside & ~(digit | dot)).any(axis=1)     # body: digits and dots only
+    ok &= (inside & dot).sum(axis=1) <= 1            # at most one dot,
+    ok &= digit[rows, 1] & digit[rows, np.maximum(k - 1, 0)]   # first and last a digit: \d+(\.\d+)?
+    # whole-number onsets (what writers put in time-keeping TALs) as exact int64 digit sums;
+    # fractional ones through float() of their text (the parser's own conversion)
+    whole = ok & ~(inside & dot).any(axis=1) & (k <= 16)
+    if whole.any():
+        power = np.where(inside, k[:, None] - 1 - np.arange(nb)[None, :], 0)
+        digits = np.where(inside & digit, A.astype(np.int64) - 0x30, 0)
+        vals[whole] = (digits[whole] * 10 ** power[whole]).sum(axis=1).astype(np.float64)
+    for r in np.nonzero(ok & ~whole)[0]:
+        vals[r] = float(A[r, 1: k[r]].tobytes())
+    return ok, vals
+
+
 # a record holding nothing but its time-keeping TAL ("+123\x14\x14\0" + NUL padding): what
 # parse_tal_record returns for it is (onset, [], []), read here without the general parser
 _TAL_TIMEKEEPING_ONLY = re.compile(rb"\+(\d+(?:\.\d+)?)\x14\x14\x00+")
@@ -797,14 +831,17 @@ class EDFReader:
             r1 = min(lay.n_records, r0 + block)
             cols = [np.asarray(self._mm[r0:r1, lay.offsets[i]: lay.offsets[i] + lay.spr[i]])
                     for i in lay.annotation_indices]
-            for r in range(r1 - r0):
+            # the common record holds only its time-keeping TAL: recognised for the whole block at once
+            fast = [_timekeeping_only(c) for c in cols]
+            if fast[0][0].any():
+                idx = np.nonzero(fast[0][0])[0]
+                onsets[r0 + idx] = fast[0][1][idx]
+            rest = np.nonzero(~np.logical_and.reduce([f[0] for f in fast]))[0]
+            for r in rest:
                 for j, c in enumerate(cols):
-                    raw = c[r].tobytes()
-                    m = _TAL_TIMEKEEPING_ONLY.fullmatch(raw)
-                    if m is not None:   # the common record: only its time-keeping TAL (fast path)
-                        if j == 0:
-                            onsets[r0 + r] = float(m.group(1))
+                    if fast[j][0][r]:
                         continue
+                    raw = c[r].tobytes()
                     onset, anns, quirks = parse_tal_record(raw)
                     annotations.extend(anns)
                     for q in quirks:

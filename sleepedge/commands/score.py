@@ -110,11 +110,28 @@ def _print_table(rows: list[list[str]], notice: str) -> None:
     _console(stderr=False).print(table)
 
 
+class _NoProgress:
+    """The part of rich.progress.Progress that score_files uses, doing nothing (--quiet)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def remove_task(self, *a, **k):
+        pass
+
+
 def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAULT_FORMATS, channel=None,
                 device="auto", threads=None, resume=False, quiet=False) -> int:
     """Score every recording; returns the number that failed (each reported on one line)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
     from runtime.scorer import score_recording
     from runtime.session import make_sessions
     from runtime.sinks import NightWriter, check_writable, parse_formats
@@ -133,8 +150,13 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
         err.print(f"notice: {notice}", style="yellow")
     rows, failed, used = [], 0, set()
     no_ahi: dict[str, list[str]] = {}   # reason -> files: printed once under the table
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                        TimeRemainingColumn(), console=err, disable=quiet, transient=True)
+    if quiet:   # no progress bar: rich.progress is not even imported
+        progress = _NoProgress()
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TimeRemainingColumn(), console=err, transient=True)
     with progress:
         for rec in recordings:
             rec = Path(rec)
