@@ -113,6 +113,8 @@ def make_night(workdir: Path, hours: float, seed: int = 7, ahi: float = 15.0, ra
     workdir.mkdir(parents=True, exist_ok=True)
     if not simulator_available():
         return fallback_night(workdir, hours, seed, rate_hz, log)
+    if hours > MAX_SIM_HOURS:
+        return multiday_night(workdir, hours, seed, ahi, rate_hz, log)
     stem = f"night_{hours:g}h_s{seed}_ahi{ahi:g}_{rate_hz:g}hz_{_simulator_hash()}"
     path, truth_path = workdir / f"{stem}.edf", workdir / f"{stem}.truth.json"
     write_s = None
@@ -129,6 +131,54 @@ def make_night(workdir: Path, hours: float, seed: int = 7, ahi: float = 15.0, ra
     truth = json.loads(truth_path.read_text())
     return Night(path, hours, seed, rate_hz, edf_roles(path), truth["stages"], "simulator",
                  truth.get("simulate_plus_write_s"))
+
+
+MAX_SIM_HOURS = 24.0   # the simulator's longest night
+
+
+def multiday_night(workdir: Path, hours: float, seed: int, ahi: float, rate_hz: float, log=print) -> Night:
+    """A recording longer than the simulator's 24 h (scaling to 72 h): the 24-h simulated night's
+    data records repeated back to back, byte for byte, with each copy's time-keeping TALs moved
+    on by 24 h (and its event annotations left out), streamed to disk a block at a time. The
+    truth is the 24-h hypnogram repeated. Same channels and rates as the shorter nights."""
+    from sleepedge.edf import _parse_layout
+
+    base = make_night(workdir, MAX_SIM_HOURS, seed, ahi, rate_hz, log)
+    path = workdir / f"{base.path.stem.replace(f'{MAX_SIM_HOURS:g}h', f'{hours:g}h')}_multiday.edf"
+    truth_path = path.with_suffix(".truth.json")
+    if not (path.exists() and truth_path.exists()):
+        log(f"  building a {hours:g}-h night from the 24-h one -> {path.name}")
+        lay = _parse_layout(base.path)
+        rec_s, n24 = lay.record_duration_s, lay.n_records
+        n_total = int(round(hours * 3600 / rec_s))
+        rb = 2 * lay.record_samples
+        head = bytearray(base.path.read_bytes()[: lay.header_bytes])
+        head[236:244] = f"{n_total:<8d}".encode("ascii")
+        tmp = path.with_name(path.stem + ".tmp.edf")
+        with open(base.path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(bytes(head))
+            block = 2048
+            for k in range(int(-(-n_total // n24))):          # copy k: records k*n24 ... of the output
+                n_k = min(n24, n_total - k * n24)
+                for s0 in range(0, n_k, block):
+                    s1 = min(n_k, s0 + block)
+                    src.seek(lay.header_bytes + s0 * rb)
+                    recs = np.frombuffer(src.read((s1 - s0) * rb), dtype=np.uint8).reshape(s1 - s0, rb).copy()
+                    if k:
+                        for i in lay.annotation_indices:
+                            a, b = 2 * int(lay.offsets[i]), 2 * int(lay.offsets[i] + lay.spr[i])
+                            recs[:, a:b] = 0
+                            for j in range(s1 - s0):
+                                tal = f"+{(k * n24 + s0 + j) * rec_s:g}\x14\x14".encode("ascii")
+                                recs[j, a:a + len(tal)] = np.frombuffer(tal, dtype=np.uint8)
+                    dst.write(recs.tobytes())
+        tmp.replace(path)
+        reps = int(-(-hours // MAX_SIM_HOURS))
+        stages = (base.truth * reps)[: int(round(hours * 120))]
+        truth_path.write_text(json.dumps({"stages": stages, "hours": hours, "seed": seed, "ahi": ahi,
+                                          "rate_hz": rate_hz, "built_from": base.path.name}))
+    truth = json.loads(truth_path.read_text())
+    return Night(path, hours, seed, rate_hz, edf_roles(path), truth["stages"], "simulator (24-h night repeated)")
 
 
 def fallback_night(workdir: Path, hours: float, seed: int, rate_hz: float, log=print) -> Night:
