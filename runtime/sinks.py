@@ -10,7 +10,9 @@ Crash safety (a bedside box loses power, a user presses Ctrl-C, the OOM killer f
                 every epoch written before the kill; at most one trailing partial line exists,
                 which readers/`--resume` drop.
     EDF+ / JSON rewritten whole into a temporary file in the same folder, fsynced, then
-                `os.replace`d over the target every `every` epochs and at the end. The file on
+                `os.replace`d over the target every `every` epochs (every 1 % of the epochs so far
+                once that is more: a rewrite costs O(epochs), so a fixed cadence made a 72-h
+                stream quadratic; the lag stays <= 1 % of the night) and at the end. The file on
                 disk is therefore always a complete, valid file (from the last rewrite), never a
                 half-written one. EDF+ is annotation-only (`sleepedge.edf.write_edf`): consecutive
                 epochs of one stage become one `Sleep stage X` annotation; estimated apnea /
@@ -53,6 +55,7 @@ COLUMNS = ("onset", "duration", "stage", *(f"p_{s}" for s in STAGES), "p_apnea",
 EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep stage N2",
                   "N3": "Sleep stage N3", "REM": "Sleep stage R"}
 EVENT_P = 0.5
+REWRITE_FRACTION = 100   # periodic EDF+/JSON rewrites at least len(epochs) // 100 epochs apart (linear total cost)
 NA = "n/a"   # BIDS: a value that is not available
 COLUMN_DOC = {  # BIDS sidecar style descriptions of the TSV/CSV columns
     "onset": "epoch start, seconds from the recording start",
@@ -468,6 +471,7 @@ class NightWriter:
             self.paths["json"] = self.out_dir / f"{stem}.json"
         self.epochs: list = []
         self.night = None
+        self._since_rewrite = 0
 
     @property
     def n_existing(self) -> int:
@@ -477,7 +481,9 @@ class NightWriter:
         self.epochs.append(res)
         for sink in self.lines:
             sink.write(res)
-        if night_factory is not None and len(self.epochs) % self.every == 0:
+        self._since_rewrite += 1
+        if night_factory is not None and self._since_rewrite >= max(self.every, len(self.epochs) // REWRITE_FRACTION):
+            self._since_rewrite = 0
             self._rewrite(night_factory(self.epochs), final=False)
 
     def _rewrite(self, night, final: bool, png: bool = False) -> None:

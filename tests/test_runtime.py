@@ -395,3 +395,20 @@ def test_pipelined_offline_scoring_equals_sequential(bundle, night_edf):
             score_recording(edf, bundle, device="cpu", pipeline=True, block_epochs=3)
     finally:
         scorer_mod.StreamingScorer.preprocess = orig
+
+
+def test_periodic_rewrites_keep_a_long_stream_linear(tmp_path):
+    """EDF+/JSON rewrites come every `every` epochs, and every 1 % of the epochs so far once that
+    is more: a 72-h stream (8,640 epochs) does ~250 rewrites instead of 432 (each costs O(epochs)),
+    and beyond 2,000 epochs their number grows with log(epochs): total cost linear."""
+    from runtime.sinks import NightWriter
+
+    w = NightWriter(tmp_path, "s", ["tsv"], every=20)
+    at = []
+    w._rewrite = lambda night, final, png=False: at.append(len(w.epochs))
+    for i in range(8640):
+        w.add(_result(i, 2), lambda eps: None)
+    w.close()
+    assert at[:3] == [20, 40, 60] and all(b - a == 20 for a, b in zip(at, at[1:]) if b <= 2000)
+    assert all(b - a >= a // 100 for a, b in zip(at, at[1:]))
+    assert len(at) < 260 and 8640 - at[-1] < 8640 // 100 + 1
