@@ -43,6 +43,7 @@ def _score(tmp: Path, *extra: str) -> tuple[np.ndarray, dict]:
     runner = CliRunner()
     res = runner.invoke(app, ["score", str(PSG), "--out", str(tmp), "--format", "tsv,json", *extra])
     assert res.exit_code == 0, res.output
+    assert "trained on REAL: Sleep-EDF-78" in res.output          # every run names the training data
     rows = (tmp / "SC4001E0-PSG.sleepedge.tsv").read_text().splitlines()[1:]
     stages = np.array([("W", "N1", "N2", "N3", "REM").index(r.split("\t")[2]) for r in rows])
     return stages, json.loads((tmp / "SC4001E0-PSG.sleepedge.json").read_text())

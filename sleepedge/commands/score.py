@@ -50,6 +50,16 @@ def _load_model(model: str | Path | None):
     return load_bundle(path)
 
 
+def trained_on(bundle) -> str:
+    """One line naming the data the model was trained on (every run prints it)."""
+    prov = bundle.manifest.get("provenance") or {}
+    data = " ".join(str(prov.get("data") or "unknown data").split())
+    kind = "SIMULATED" if bundle.simulated else ("REAL" if data.upper().startswith("REAL") else "")
+    head = data.split(";")[0]
+    return f"model {bundle.name}: trained on {head}" if not kind or head.upper().startswith(kind) \
+        else f"model {bundle.name}: trained on {kind} data: {head}"
+
+
 def _out_stem(path: Path, used: set[str]) -> str:
     stem = f"{path.stem}{OUT_INFIX}"
     k = 2
@@ -145,6 +155,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     engine = make_sessions(bundle, device=device, threads=threads or os.cpu_count() or 1)
     err = _console()
     err.print(f"model {bundle.name} ({bundle.source}); {engine.describe()}")
+    err.print(trained_on(bundle))
     notice = bundle.notice if bundle.simulated else ""
     if notice:
         err.print(f"notice: {notice}", style="yellow")
@@ -236,6 +247,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     out_console = _console(stderr=False)
     err = _console()
     err.print(f"{source.describe()}; {scorer.describe()}; {engine.describe()}")
+    err.print(trained_on(bundle))
     if notice:
         err.print(f"notice: {notice}", style="yellow")
     if resume and writer.n_existing:
