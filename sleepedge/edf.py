@@ -31,6 +31,14 @@ Decisions (documented, tested):
       a warning names them. Overlapping records: the later record wins (warned).
     * n_records = -1 (recording still in progress) is inferred from the file size (warned).
     * A zero record duration is only valid for annotation-only files (Sleep-EDF hypnograms).
+    * Header sanity (checked once per file, before any allocation): record duration 0 < d <=
+      3600 s, samples per record >= 1, records x duration (and the EDF+D time axis) <= 30 days,
+      each signal's samples <= what the file holds -> else a one-line `EDFError` naming the
+      field, its value and the file. Per signal: rate 0 < fs <= 100 kHz and a physical range
+      that converts (pmin != pmax, finite gain) -> else the signal is *unusable*: left out of
+      `header.signals` (never role-mapped, read or scored), named with its reason in
+      `header.unusable` and `header.warnings`. When every ordinary signal is unusable the
+      file is refused (EDFError) instead.
 
 Writing. `write_edf` writes EDF+C with our own byte-exact header writer, streaming record
 blocks (a 24-h night never needs a second copy of itself in memory), annotations as TALs in an
@@ -45,7 +53,7 @@ import os
 import re
 import unicodedata
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -75,7 +83,10 @@ ANNOTATION_LABEL = "EDF Annotations"
 _MAIN_HEADER_BYTES = 256
 _SIGNAL_HEADER_BYTES = 256
 _MAX_SIGNALS = 9999  # 4-character field
-_MAX_FS_HZ = 1e7  # no EDF signal is sampled faster; a higher rate means a corrupt header
+# header sanity bounds (issue 14): checked once per file, before anything is allocated
+_MAX_FS_HZ = 100_000.0  # no sleep signal is sampled faster; a higher rate means a corrupt header
+_MAX_RECORD_S = 3600.0  # record duration; 0 only for annotation-only files
+_MAX_TOTAL_S = 30 * 86400.0  # time axis (records x duration, EDF+D gaps included): 30 days
 _MAX_READ_SAMPLES = 50_000_000  # 400 MB of float64: beyond this a read of EDF+D gaps is refused
 # field widths of the per-signal header, in file order
 _SIGNAL_FIELDS = (
@@ -137,6 +148,7 @@ class EDFHeader:
     warnings: list[str]  # quirks tolerated, in words
     patient: str = ""
     recording: str = ""
+    unusable: dict[str, str] = field(default_factory=dict)  # label -> why the signal was left out
 
     @property
     def duration_s(self) -> float:
@@ -460,6 +472,8 @@ class _Layout:
     recording: str
     quirks: list[str]
     size_mismatch: bool = False  # the record count was corrected from the file size
+    signal_indices: list[int] = field(default_factory=list)  # file index of each usable ordinary signal
+    unusable: dict[str, str] = field(default_factory=dict)  # label -> reason (left out of header.signals)
 
 
 def _parse_layout(path: Path) -> _Layout:
@@ -583,6 +597,11 @@ def _parse_layout(path: Path) -> _Layout:
             f"{path}: record duration is {duration} s, expected > 0; the header is corrupt, "
             "re-export the recording"
         )
+    if duration > _MAX_RECORD_S:
+        raise EDFError(
+            f"{path}: header field record duration is {duration:g} s, expected 0 < d <= "
+            f"{_MAX_RECORD_S:g} s; the header is corrupt, re-export the recording"
+        )
     if duration == 0 and ordinary_indices:
         raise EDFError(
             f"{path}: record duration is 0 s with {len(ordinary_indices)} ordinary signals; "
@@ -617,6 +636,14 @@ def _parse_layout(path: Path) -> _Layout:
             quirks.append(f"{extra} bytes after the last data record ignored")
     if n_records == 0:
         if n_records_claim > 0:
+            i = int(spr.argmax()) if ns else 0
+            if ns and duration > 0 and spr[i] / duration > _MAX_FS_HZ:  # the absurd field, not a truncation
+                raise EDFError(
+                    f"{path}: header field samples per record of signal {i + 1} ({labels[i]!r}) is "
+                    f"{int(spr[i])} ({int(spr[i]) / duration:g} Hz): records of {record_bytes} bytes, the file "
+                    f"holds {max(data_bytes, 0)} data bytes (no complete record); the header is corrupt, "
+                    "re-export the recording"
+                )
             raise EDFError(
                 f"{path}: header claims {n_records_claim} data records of {record_bytes} bytes "
                 f"but the file holds {max(data_bytes, 0)} data bytes (no complete record); "
@@ -625,6 +652,12 @@ def _parse_layout(path: Path) -> _Layout:
         raise EDFError(
             f"{path}: zero-length recording (no data records); nothing to read, "
             "check the export settings of the recorder"
+        )
+    if n_records * duration > _MAX_TOTAL_S:
+        raise EDFError(
+            f"{path}: header fields number of data records ({n_records}) x record duration "
+            f"({duration:g} s) = {n_records * duration / 86400:.1f} days, expected at most "
+            f"{_MAX_TOTAL_S / 86400:g} days; the header is corrupt, re-export the recording"
         )
     offsets = np.concatenate([[0], np.cumsum(spr)[:-1]]).astype(np.int64) if ns else np.zeros(0, np.int64)
     start = _parse_start(date_s, time_s, recording, path, quirks)
@@ -641,7 +674,9 @@ def _parse_layout(path: Path) -> _Layout:
 def _signal_infos(layout: _Layout) -> list[SignalInfo]:
     path, quirks = layout.path, layout.quirks
     infos: list[SignalInfo] = []
-    for k, i in enumerate(layout.ordinary_indices):
+    layout.signal_indices, layout.unusable = [], {}
+    rate_fields: list[str] = []  # of the unusable signals: which header field is absurd
+    for i in layout.ordinary_indices:
         f = layout.fields[i]
         pmin = _parse_number(f["pmin_raw"], f"physical minimum {f['what']}", path, quirks)
         pmax = _parse_number(f["pmax_raw"], f"physical maximum {f['what']}", path, quirks)
@@ -655,18 +690,38 @@ def _signal_infos(layout: _Layout) -> list[SignalInfo]:
             quirks.append(f"physical minimum equals maximum {f['what']}")
         spr = int(layout.spr[i])
         fs = spr / layout.record_duration_s
-        if not (math.isfinite(fs) and fs <= _MAX_FS_HZ):
-            raise EDFError(
-                f"{path}: signal {f['label']!r} has {spr} samples per {layout.record_duration_s:g}-s "
-                f"record = {fs:g} Hz, expected at most {_MAX_FS_HZ:g} Hz; the record duration or "
-                "sample count in the header is corrupt, re-export the recording"
-            )
+        reason = ""
+        if not (math.isfinite(fs) and 0 < fs <= _MAX_FS_HZ):
+            reason = (f"samples per record {spr} / record duration {layout.record_duration_s:g} s = "
+                      f"{fs:g} Hz, expected 0 < fs <= {_MAX_FS_HZ:g} Hz")
+            rate_fields.append(f"samples per record {f['what']} is {spr}")
+        elif spr * layout.n_records * 2 > layout.file_size - layout.header_bytes:
+            reason = f"{spr * layout.n_records} samples claimed, more than the file holds"  # never: the layout checks it
+        elif dmax != dmin and not (pmax != pmin and math.isfinite((pmax - pmin) / (dmax - dmin))):
+            reason = (f"physical range {f['pmin_raw'].strip()!r}..{f['pmax_raw'].strip()!r} cannot convert "
+                      f"digital values {dmin}..{dmax}")
+        if reason:
+            layout.unusable.setdefault(f["label"] or f"signal {i + 1}", reason)
+            continue
+        layout.signal_indices.append(i)
         infos.append(SignalInfo(
-            index=k, label=f["label"], fs_hz=fs, unit=f["unit"],
+            index=len(infos), label=f["label"], fs_hz=fs, unit=f["unit"],
             n_samples=spr * layout.n_records, physical_min=pmin, physical_max=pmax,
             digital_min=dmin, digital_max=dmax, transducer=f["transducer"],
             prefilter=f["prefilter"], to_uv=unit_to_uv(f["unit"]), samples_per_record=spr,
         ))
+    if layout.unusable and not infos:
+        label, reason = next(iter(layout.unusable.items()))
+        if rate_fields and len(rate_fields) == len(layout.unusable):  # every rate absurd: the duration is
+            raise EDFError(
+                f"{path}: header field record duration is {layout.record_duration_s:g} s: no signal has a "
+                f"sensible rate ({rate_fields[0]} -> {reason}); the header is corrupt, re-export the recording"
+            )
+        raise EDFError(f"{path}: no usable signal: {label!r}: {reason}"
+                       f"{f' (and {len(layout.unusable) - 1} more)' if len(layout.unusable) > 1 else ''}; "
+                       "the header is corrupt, re-export the recording")
+    for label, reason in layout.unusable.items():
+        quirks.append(f"signal {label!r} unusable: {reason}; left out (scored without it)")
     seen: dict[str, int] = {}
     for s in infos:
         seen[s.label] = seen.get(s.label, 0) + 1
@@ -731,6 +786,7 @@ class EDFReader:
         self._layout = layout
         signals = _signal_infos(layout)
         self._mm: _RecordFile | None = None
+        self._pyedf = None
         self._open_memmap()
         onsets, annotations = self._read_annotations()
         # time axis: t = 0 is the first sample of the first record
@@ -746,6 +802,15 @@ class EDFReader:
                 a.onset_s -= t0
             if not 0.0 < t0 < 1.0:
                 layout.quirks.append(f"first data record starts {t0:g} s after the header start time")
+        span = float(np.max(onsets)) + layout.record_duration_s if len(onsets) else 0.0
+        if not span <= _MAX_TOTAL_S:
+            self.close()
+            r = int(np.argmax(onsets))
+            raise EDFError(
+                f"{self.path}: time-keeping TAL of data record {r + 1} puts it at {float(onsets[r]):g} s: "
+                f"a time axis of {span / 86400:.1f} days, expected at most {_MAX_TOTAL_S / 86400:g} days; "
+                "the annotation signal is corrupt, re-export the recording"
+            )
         gaps, overlaps = _find_gaps(onsets, layout.record_duration_s)
         if layout.discontinuous and gaps:
             shown = ", ".join(f"{g[1]:g} s at {g[0]:g} s" for g in gaps[:3])
@@ -769,6 +834,8 @@ class EDFReader:
         if backend in ("auto", "pyedflib") and signals and self._contiguous:
             if layout.size_mismatch:  # pyedflib would refuse (and print to stdout from C)
                 refusal = "file size does not match the header"
+            elif layout.unusable:  # pyedflib's signal indices would count the left-out signals
+                refusal = f"{len(layout.unusable)} unusable signal(s)"
             else:
                 refusal = self._try_pyedflib(len(signals))
         if backend == "pyedflib" and self._pyedf is None:
@@ -784,7 +851,7 @@ class EDFReader:
             annotations=sorted(annotations, key=lambda a: a.onset_s),
             edf_plus=layout.edf_plus, discontinuous=layout.discontinuous or not self._contiguous,
             record_onsets_s=onsets, warnings=list(dict.fromkeys(layout.quirks)),
-            patient=layout.patient, recording=layout.recording,
+            patient=layout.patient, recording=layout.recording, unusable=dict(layout.unusable),
         )
         if self.header.warnings:
             warnings.warn(
@@ -924,7 +991,7 @@ class EDFReader:
         return out
 
     def _file_index(self, info: SignalInfo) -> int:
-        return self._layout.ordinary_indices[info.index]
+        return self._layout.signal_indices[info.index]
 
     def _read_contiguous(self, info: SignalInfo, s0: int, s1: int) -> np.ndarray:
         spr = info.samples_per_record

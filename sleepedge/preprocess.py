@@ -119,10 +119,22 @@ class Epoch:
     quality: np.ndarray   # uint8 (n_roles,)
 
 
+MAX_RESAMPLE_TERM = 1000  # up/down factors above this: a filter of 20*term taps, refused (1/3600 Hz: 7.2 M taps)
+
+
 def _ratio(fs_in_hz: float, fs_out_hz: int) -> tuple[int, int]:
-    frac = Fraction(fs_out_hz / fs_in_hz).limit_denominator(1000)
+    """(up, down) with fs_in * up / down == fs_out, both <= MAX_RESAMPLE_TERM; else PreprocessError
+    (one line) - a rate from a corrupt header never reaches the filter design."""
+    try:
+        fs_in_hz = float(fs_in_hz)
+        ok = np.isfinite(fs_in_hz) and fs_in_hz > 0 and np.isfinite(fs_out_hz / fs_in_hz)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        ok = False
+    if not ok:
+        raise PreprocessError(f"sample rate {fs_in_hz!r} Hz is not a positive finite number; fix the channel header")
+    frac = Fraction(fs_out_hz / fs_in_hz).limit_denominator(MAX_RESAMPLE_TERM)
     up, down = frac.numerator, frac.denominator
-    if abs(fs_in_hz * up / down - fs_out_hz) > 1e-9 * fs_out_hz:
+    if up < 1 or up > MAX_RESAMPLE_TERM or abs(fs_in_hz * up / down - fs_out_hz) > 1e-9 * fs_out_hz:
         raise PreprocessError(
             f"cannot resample {fs_in_hz} Hz to {fs_out_hz} Hz with a rational factor of small terms; "
             "resample the recording to a common rate (e.g. 100, 128, 200, 250, 256, 500 Hz) first"
@@ -401,7 +413,9 @@ def usable_rates(
 
     A channel sampled below twice the lower edge of its role's band carries none of the band
     the model reads (Sleep-EDF's 1-Hz `EMG submental` is an RMS envelope, not EMG): it is
-    treated as a missing role and reported, never silently fed as zeros or noise.
+    treated as a missing role and reported, never silently fed as zeros or noise. So is a
+    channel whose rate cannot be resampled to the model rate (`_ratio` refuses it: a rate from a
+    corrupt header, or not a ratio of small integers of fs_hz).
     """
     cfg = config or PreprocessConfig()
     usable: dict[str, float] = {}
@@ -414,6 +428,11 @@ def usable_rates(
                 f"(needs > {2 * lo:g} Hz); treated as missing"
             )
         else:
+            try:
+                _ratio(fs, cfg.fs_hz)
+            except PreprocessError as ex:
+                dropped[role] = f"{role} sampled at {fs:g} Hz: {ex}; treated as missing"
+                continue
             usable[role] = float(fs)
     return usable, dropped
 

@@ -25,13 +25,14 @@ def _fmt_duration(seconds: float) -> str:
 def _quality(reader, roles_map) -> dict[str, Any]:
     """Per-role fraction of complete 30-s epochs carrying each quality flag."""
     from sleepedge.contract import QUALITY_FLAGS
-    from sleepedge.preprocess import CausalPreprocessor, quality_summary, stack_epochs
+    from sleepedge.preprocess import CausalPreprocessor, quality_summary, stack_epochs, usable_rates
 
     header = reader.header
     primary = dict(roles_map.primary)
+    rates, unusable = usable_rates({role: header.signal(label).fs_hz for role, label in primary.items()})
+    primary = {role: label for role, label in primary.items() if role in rates}
     if not primary:
-        return {"n_epochs": 0, "roles": {}}
-    rates = {role: header.signal(label).fs_hz for role, label in primary.items()}
+        return {"n_epochs": 0, "roles": {}, "unusable_roles": unusable}
     pre = CausalPreprocessor(rates)
     for onset, dur in header.gaps:
         pre.mark_gap(onset, onset + dur)
@@ -42,7 +43,7 @@ def _quality(reader, roles_map) -> dict[str, Any]:
     _, quality = stack_epochs(epochs, len(pre.roles), pre.config.epoch_samples)
     counts = quality_summary(quality, pre.roles)
     n = len(epochs)
-    out: dict[str, Any] = {"n_epochs": n, "roles": {}}
+    out: dict[str, Any] = {"n_epochs": n, "roles": {}, "unusable_roles": unusable}
     for role in pre.roles:
         out["roles"][role] = {
             name: (counts[role][name] / n if n else 0.0)
@@ -98,6 +99,7 @@ def describe_file(path: Path, overrides: list[str] | None = None, quality: bool 
                           for a in h.annotations[:max_annotations]],
             },
             "gaps": [{"onset_s": o, "duration_s": d} for o, d in h.gaps],
+            "unusable": dict(h.unusable),  # label -> why the header makes the signal unusable (left out)
             "warnings": list(h.warnings),
         }
         if quality and h.signals:
@@ -107,17 +109,18 @@ def describe_file(path: Path, overrides: list[str] | None = None, quality: bool 
 
 def _print_rich(info: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape  # labels, paths, annotations may hold "[/x]": text, never markup
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]{info['file']}[/bold]")
+    console.print(f"[bold]{escape(info['file'])}[/bold]")
     console.print(
         f"{info['format']} ({info['reader']} reader) | start {info['start']} | duration "
         f"{_fmt_duration(info['duration_s'])} ({info['duration_s']:g} s, {info['n_epochs_30s']} epochs of 30 s) | "
         f"{info['n_records']} records x {info['record_duration_s']:g} s"
     )
     if info["recording"]:
-        console.print(f"recording: {info['recording']}")
+        console.print(f"recording: {escape(info['recording'])}")
 
     if info["channels"]:
         t = Table(title=f"{len(info['channels'])} channels", title_justify="left")
@@ -127,7 +130,7 @@ def _print_rich(info: dict[str, Any]) -> None:
             role = c["role"] or ""
             if role and c["primary"]:
                 role = f"[bold green]{role}[/bold green] (primary)"
-            t.add_row(str(c["index"]), c["label"], role, f"{c['fs_hz']:g}", c["unit"],
+            t.add_row(str(c["index"]), escape(c["label"]), role, f"{c['fs_hz']:g}", escape(c["unit"]),
                       str(c["n_samples"]), f"{c['physical_min']:g} .. {c['physical_max']:g}")
         console.print(t)
 
@@ -142,6 +145,7 @@ def _print_rich(info: dict[str, Any]) -> None:
 
 
 def _print_roles(console, info: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     q = info.get("quality", {})
@@ -162,7 +166,7 @@ def _print_roles(console, info: dict[str, Any]) -> None:
         else:
             alt = ", ".join(c for c in cands if c != label)
             how = " (override)" if role in roles["overridden"] else ""
-            row = [role, label + how, alt[:60] + ("..." if len(alt) > 60 else "")]
+            row = [role, escape(label + how), escape(alt[:60] + ("..." if len(alt) > 60 else ""))]
             if q:
                 fr = q["roles"].get(role, {})
                 row += [f"{100 * fr.get(f, 0.0):.0f}%" for f in flags]
@@ -171,18 +175,24 @@ def _print_roles(console, info: dict[str, Any]) -> None:
 
 
 def _print_tail(console, info: dict[str, Any]) -> None:
+    from rich.markup import escape
+
     ann = info["annotations"]
     for a in ann["first"]:
         dur = f" ({a['duration_s']:g} s)" if a["duration_s"] else ""
-        console.print(f"  {a['onset_s']:>10.3f} s{dur}  {a['text']}")
+        console.print(f"  {a['onset_s']:>10.3f} s{dur}  {escape(a['text'])}")
     if ann["count"] > len(ann["first"]):
         console.print(f"  ... {ann['count'] - len(ann['first'])} more")
     if info["gaps"]:
         console.print(f"[yellow]EDF+D gaps: {len(info['gaps'])}[/yellow]")
         for g in info["gaps"][:10]:
             console.print(f"  {g['duration_s']:g} s at {g['onset_s']:g} s (read as NaN)")
+    for label, why in info.get("unusable", {}).items():
+        console.print(f"[red]unusable:[/red] {escape(label)}: {escape(why)} (left out)")
+    for role, why in info.get("quality", {}).get("unusable_roles", {}).items():
+        console.print(f"[yellow]role {role}:[/yellow] {escape(why)}")
     for w in info["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {escape(w)}")
 
 
 def register(app: typer.Typer) -> None:
