@@ -221,25 +221,55 @@ class SpectralFrontEnd(nn.Module):
         band = np.stack([((f >= lo) & (f < hi)).astype(np.float64) for lo, hi in cfg.bands_hz], axis=1)   # [F, K]
         idx = np.arange(n_seg)[:, None] * step + np.arange(L)[None, :]                                    # [n_seg, L]
         self.register_buffer("seg_index", torch.from_numpy(idx.reshape(-1)).long(), persistent=False)
-        self.register_buffer("cos", torch.from_numpy(win[:, None] * np.cos(ang)).float(), persistent=False)
-        self.register_buffer("sin", torch.from_numpy(win[:, None] * np.sin(ang)).float(), persistent=False)
+        cos, sin = win[:, None] * np.cos(ang), win[:, None] * np.sin(ang)
+        self.register_buffer("cos", torch.from_numpy(cos).float(), persistent=False)
+        self.register_buffer("sin", torch.from_numpy(sin).float(), persistent=False)
+        # 50 % overlap tiling the epoch (the reference's 4 s / 2 s): segment k = blocks k and k+1, so each
+        # block's DFT halves are computed once and the segments are sums of views (no Gather); the
+        # constant detrend is applied after the DFT as mean * (column sums of the windowed basis)
+        self.hop = step
+        self.halves = 2 * cfg.noverlap == L and cfg.epoch_samples % step == 0
+        basis = np.concatenate([cos, sin], axis=1)                                                     # [L, 2F]
+        self.register_buffer("basis_a", torch.from_numpy(basis[:step]).float(), persistent=False)
+        self.register_buffer("basis_b", torch.from_numpy(basis[step:]).float(), persistent=False)
+        self.register_buffer("basis_sum", torch.from_numpy(basis.sum(0)).float(), persistent=False)
+        self.register_buffer("before", torch.from_numpy(np.tril(np.ones((n_seg, n_seg)), -1)).float(),
+                             persistent=False)                                                           # [i, j]: j < i
         self.register_buffer("bin_weight", torch.from_numpy(np.stack(weights) * scale / _median_bias(n_seg)).float(),
                              persistent=False)                                                             # [M, F]
         self.register_buffer("band_matrix", torch.from_numpy(band).float(), persistent=False)
         self.n_seg, self.L = n_seg, L
         self.freqs = f
 
-    def forward(self, x: Tensor) -> Tensor:
+    def periodograms(self, x: Tensor) -> Tensor:
+        """x [B, M, S] -> |DFT|^2 of every detrended, windowed segment [B, M, n_seg, F]."""
         b, m, _s = x.shape
-        seg = x.index_select(-1, self.seg_index).reshape(b, m, self.n_seg, self.L)
-        seg = seg - seg.mean(dim=-1, keepdim=True)                       # detrend="constant"
-        re = seg @ self.cos
-        im = seg @ self.sin
-        p = re * re + im * im                                            # [B, M, n_seg, F]
-        srt = torch.sort(p, dim=2).values
-        h = self.n_seg // 2
-        med = srt[:, :, h] if self.n_seg % 2 else 0.5 * (srt[:, :, h - 1] + srt[:, :, h])   # np.median
-        psd = med * self.bin_weight                                       # [B, M, F]
+        F_ = self.cos.shape[1]
+        if self.halves:
+            blocks = x[:, :, : (self.n_seg + 1) * self.hop].reshape(b, m, self.n_seg + 1, self.hop)
+            spec = (blocks @ self.basis_a)[:, :, :-1] + (blocks @ self.basis_b)[:, :, 1:]           # [B, M, n_seg, 2F]
+            tot = blocks.sum(dim=-1)
+            mean = (tot[:, :, :-1] + tot[:, :, 1:]) / self.L                                          # detrend="constant"
+            spec = spec - mean[..., None] * self.basis_sum
+            re, im = spec[..., :F_], spec[..., F_:]
+        else:
+            seg = x.index_select(-1, self.seg_index).reshape(b, m, self.n_seg, self.L)
+            seg = seg - seg.mean(dim=-1, keepdim=True)
+            re, im = seg @ self.cos, seg @ self.sin
+        return re * re + im * im
+
+    def median(self, p: Tensor) -> Tensor:
+        """np.median over the segment axis [B, M, n, F] -> [B, M, F], by ranks (ties broken by
+        position) instead of a sort: a few element-wise ops, no TopK in the graph."""
+        n = self.n_seg
+        pi, pj = p[:, :, :, None, :], p[:, :, None, :, :]
+        rank = ((pj < pi).to(p.dtype) + (pj == pi).to(p.dtype) * self.before[:, :, None]).sum(dim=3)   # [B, M, n, F]
+        h = n // 2
+        pick = (rank == h).to(p.dtype) if n % 2 else 0.5 * ((rank == h - 1).to(p.dtype) + (rank == h).to(p.dtype))
+        return (p * pick).sum(dim=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        psd = self.median(self.periodograms(x)) * self.bin_weight        # [B, M, F]
         return torch.log((psd @ self.band_matrix).clamp_min(self.cfg.eps))   # (+eps gets fused away by ORT)
 
 
