@@ -103,9 +103,15 @@ class _OrtGraph:
         _check_io(graph, "outputs", {o.name: o.shape for o in self.sess.get_outputs()}, spec["outputs"], bundle.root)
         self.output_names = [o.name for o in self.sess.get_outputs()]
         self.providers = self.sess.get_providers()
+        self._where = (str(bundle.source), spec["file"])
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.sess.run(self.output_names, dict(feeds))
+        try:
+            outs = self.sess.run(self.output_names, dict(feeds))
+        except Exception as ex:  # a graph that loads but cannot run (corrupt weights/indices): one line, no traceback
+            msg = str(ex).splitlines()[0] if str(ex) else type(ex).__name__
+            raise BundleError(f"bundle {self._where[0]}: ONNX Runtime cannot run {self._where[1]} ({msg[:300]}); "
+                              "re-export the bundle") from None
         return dict(zip(self.output_names, outs))
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -351,6 +352,10 @@ def _validate_manifest(m: dict, src: Path) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in m]
     if missing:
         raise BundleError(f"bundle {src}: manifest lacks {', '.join(missing)}; re-export the bundle")
+    not_objects = [k for k in _OBJECT_KEYS if not isinstance(m[k], dict)]
+    if not_objects:
+        raise BundleError(f"bundle {src}: manifest {', '.join(repr(k) for k in not_objects)} must be JSON objects; "
+                          "re-export the bundle")
     sig = m["signal"]
     miss_sig = [k for k in REQUIRED_SIGNAL_KEYS if not isinstance(sig, dict) or k not in sig]
     if miss_sig:
@@ -365,10 +370,12 @@ def _validate_manifest(m: dict, src: Path) -> None:
     for g, spec in m["graphs"].items():
         if not isinstance(spec, dict) or not {"file", "inputs", "outputs"} <= set(spec):
             raise BundleError(f"bundle {src}: graph {g!r} needs 'file', 'inputs' and 'outputs'; re-export the bundle")
+        if not isinstance(spec["file"], str) or not isinstance(spec["inputs"], dict) or not isinstance(spec["outputs"], dict):
+            raise BundleError(f"bundle {src}: graph {g!r} needs a file name and 'inputs'/'outputs' objects; re-export the bundle")
         if spec["file"] not in m["files"]:
             raise BundleError(f"bundle {src}: graph {g!r} file {spec['file']!r} is not checksummed in 'files'; re-export the bundle")
     for key, eng in m["engines"].items():
-        if not isinstance(eng, dict) or eng.get("file") not in m["files"]:
+        if not isinstance(eng, dict) or not isinstance(eng.get("file"), str) or eng["file"] not in m["files"]:
             raise BundleError(f"bundle {src}: engine {key!r} file is not checksummed in 'files'; re-export the bundle")
     step_in = set(m["graphs"]["step"]["inputs"])
     step_out = set(m["graphs"]["step"]["outputs"])
@@ -377,6 +384,114 @@ def _validate_manifest(m: dict, src: Path) -> None:
             raise BundleError(
                 f"bundle {src}: state {s!r} needs step input {s!r} and output {s + '_out'!r}; re-export the bundle"
             )
+    _validate_values(m, src)
+
+
+_OBJECT_KEYS = ("model", "signal", "labels", "graphs", "state", "engines", "versions", "provenance", "files")
+MAX_STATE_ELEMENTS = 10_000_000   # 40 MB of float32 per recurrent state (the paper-size model holds ~0.1 M)
+
+
+def _number(v) -> bool:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:   # a JSON integer beyond float range
+        return False
+
+
+def _validate_values(m: dict, src: Path) -> None:
+    """Types and values the runtime relies on (issue 14: a mutated manifest is a one-line BundleError,
+    never a TypeError in the scorer or a state allocation sized by the manifest)."""
+    from sleepedge.contract import ROLES
+    from sleepedge.errors import SleepEdgeError
+
+    def bad(what: str, value) -> BundleError:
+        text = repr(value)
+        return BundleError(f"bundle {src}: manifest {what} is {text[:80]}{'...' if len(text) > 80 else ''}; re-export the bundle")
+
+    if not isinstance(m["name"], str):
+        raise bad("'name'", m["name"])
+    sig = m["signal"]
+    mods = sig["modalities"]
+    if (not isinstance(mods, list) or not mods or any(r not in ROLES for r in mods if isinstance(r, str))
+            or not all(isinstance(r, str) for r in mods) or len(set(mods)) != len(mods)):
+        raise bad(f"signal.modalities (expected distinct roles from {list(ROLES)})", mods)
+    if not (_number(sig["fs_hz"]) and sig["fs_hz"] > 0):
+        raise bad("signal.fs_hz", sig["fs_hz"])
+    if not (_number(sig["epoch_s"]) and sig["epoch_s"] > 0):
+        raise bad("signal.epoch_s", sig["epoch_s"])
+    n = sig["epoch_samples"]
+    want = float(sig["fs_hz"]) * float(sig["epoch_s"])
+    if not (isinstance(n, int) and not isinstance(n, bool) and math.isfinite(want) and n == round(want)
+            and 0 < n <= 1_000_000):
+        raise bad(f"signal.epoch_samples (expected fs_hz x epoch_s = {sig['fs_hz'] * sig['epoch_s']:g})", n)
+    pre = sig["preprocessing"]
+    if not isinstance(pre, dict):
+        raise bad("signal.preprocessing", pre)
+    if pre:
+        from sleepedge.preprocess import PreprocessConfig
+
+        try:
+            cfg = PreprocessConfig.from_dict(pre)
+        except SleepEdgeError as ex:
+            raise BundleError(f"bundle {src}: manifest signal.preprocessing: {ex}; re-export the bundle") from None
+        if cfg.fs_hz != sig["fs_hz"] or cfg.epoch_samples != n:
+            raise BundleError(f"bundle {src}: manifest signal.preprocessing gives {cfg.fs_hz} Hz x {cfg.epoch_s:g} s "
+                              f"but signal says {sig['fs_hz']} Hz, {n} samples; re-export the bundle")
+    labels = m["labels"]
+    for key in ("stages", "tasks"):
+        if key in labels and not (isinstance(labels[key], list) and all(isinstance(t, str) for t in labels[key])):
+            raise bad(f"labels.{key}", labels[key])
+    heads = m["provenance"].get("heads")
+    if heads is not None and not isinstance(heads, dict):
+        raise bad("provenance.heads", heads)
+    for name, digest in m["files"].items():
+        if not isinstance(digest, str):
+            raise bad(f"files[{name!r}] (expected a sha256)", digest)
+    for g, spec in m["graphs"].items():
+        for kind in ("inputs", "outputs"):
+            io = spec[kind]
+            if not isinstance(io, dict):
+                raise bad(f"graphs.{g}.{kind}", io)
+            for tname, t in io.items():
+                if t is None:
+                    continue
+                if not isinstance(t, dict):
+                    raise bad(f"graphs.{g}.{kind}.{tname}", t)
+                shape = t.get("shape")
+                if shape is not None and not (isinstance(shape, list) and all(
+                        d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                        for d in shape)):
+                    raise bad(f"graphs.{g}.{kind}.{tname}.shape", shape)
+                if "dtype" in t and not isinstance(t["dtype"], str):
+                    raise bad(f"graphs.{g}.{kind}.{tname}.dtype", t["dtype"])
+    x = m["graphs"]["epoch"]["inputs"].get("x")
+    x_shape = (x or {}).get("shape") if isinstance(x, dict) else None
+    if x_shape and len(x_shape) == 3:
+        for d, want, what in ((x_shape[1], len(mods), "len(signal.modalities)"), (x_shape[2], n, "signal.epoch_samples")):
+            if isinstance(d, int) and d != want:
+                raise BundleError(f"bundle {src}: epoch graph input x has shape {x_shape} but {what} is {want}; "
+                                  "re-export the bundle")
+    step_inputs = m["graphs"]["step"]["inputs"]
+    stateless = sorted(set(step_inputs) - {"z"} - set(m["state"]))
+    if stateless:
+        raise BundleError(f"bundle {src}: step graph inputs {stateless} have no entry in the manifest 'state'; "
+                          "re-export the bundle")
+    for name, spec in m["state"].items():
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
+                                                          for d in shape) and shape[0] == 1):
+            raise bad(f"state.{name}.shape (expected [1, positive dims...])", shape)
+        if math.prod(shape) > MAX_STATE_ELEMENTS:
+            raise bad(f"state.{name}.shape ({math.prod(shape)} elements, at most {MAX_STATE_ELEMENTS})", shape)
+        if spec.get("dtype", "float32") != "float32":
+            raise bad(f"state.{name}.dtype (the runtime feeds float32)", spec.get("dtype"))
+        declared = (step_inputs.get(name) or {}).get("shape")
+        if declared and (len(declared) != len(shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(declared[1:], shape[1:]))):
+            raise BundleError(f"bundle {src}: state {name!r} has shape {shape} but the step graph input is "
+                              f"{declared}; re-export the bundle")
 
 
 def _check_member_name(name: str, where: str) -> None:

@@ -87,6 +87,7 @@ _MAX_SIGNALS = 9999  # 4-character field
 _MAX_FS_HZ = 100_000.0  # no sleep signal is sampled faster; a higher rate means a corrupt header
 _MAX_RECORD_S = 3600.0  # record duration; 0 only for annotation-only files
 _MAX_TOTAL_S = 30 * 86400.0  # time axis (records x duration, EDF+D gaps included): 30 days
+_MAX_BLOCK_SAMPLES = 4_000_000  # iter_epochs: samples per signal per block (32 MB of float64)
 _MAX_READ_SAMPLES = 50_000_000  # 400 MB of float64: beyond this a read of EDF+D gaps is refused
 # field widths of the per-signal header, in file order
 _SIGNAL_FIELDS = (
@@ -1037,7 +1038,8 @@ class EDFReader:
         Reads only the requested signals (all ordinary signals when None), one block at a
         time, so memory stays at one block whatever the recording length. Samples are as in
         `read` (µV for voltage, native rate, NaN in EDF+D gaps). Blocks tile the time axis
-        exactly (sample boundaries round(t*fs)); the last block can hold a partial epoch.
+        exactly (sample boundaries round(t*fs)); the last block can hold a partial epoch. Above
+        ~4 kHz a block holds fewer epochs (at most 4 M samples per signal; at least one epoch).
         """
         if n_epochs_per_block < 1 or not (epoch_s > 0):
             raise EDFError(
@@ -1045,6 +1047,9 @@ class EDFReader:
                 "expected at least 1 epoch of positive length per block"
             )
         infos = [self.header.signal(s) for s in (self.header.signals if signals is None else signals)]
+        # memory bound whatever the header's rates: fewer epochs per block above ~4 kHz (at least one)
+        fs_max = max((i.fs_hz for i in infos), default=1.0)
+        n_epochs_per_block = max(1, min(n_epochs_per_block, int(_MAX_BLOCK_SAMPLES // (epoch_s * fs_max))))
         block_s = n_epochs_per_block * epoch_s
         total = self.header.duration_s
         k = 0

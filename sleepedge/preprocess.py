@@ -32,6 +32,7 @@ No whole-night statistic is ever used.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
@@ -98,17 +99,74 @@ class PreprocessConfig:
     def from_dict(cls, d: Mapping) -> "PreprocessConfig":
         d = dict(d)
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(set(map(str, d)) - known)
         if unknown:
             raise PreprocessError(
                 f"preprocessing config has unknown keys {unknown}; expected a subset of {sorted(known)} "
                 "(was it written by a newer sleepedge?)"
             )
-        if "bands" in d and isinstance(d["bands"], Mapping):
-            d["bands"] = tuple((r, v[0], v[1]) for r, v in d["bands"].items())
-        if "flat_floor" in d and isinstance(d["flat_floor"], Mapping):
-            d["flat_floor"] = tuple((r, float(v)) for r, v in d["flat_floor"].items())
-        return cls(**d)
+        try:
+            if "bands" in d and isinstance(d["bands"], Mapping):
+                d["bands"] = tuple((r, v[0], v[1]) for r, v in d["bands"].items())
+            if "flat_floor" in d and isinstance(d["flat_floor"], Mapping):
+                d["flat_floor"] = tuple((r, float(v)) for r, v in d["flat_floor"].items())
+        except (TypeError, ValueError, IndexError, KeyError) as ex:
+            raise PreprocessError(f"preprocessing config bands/flat_floor malformed ({ex}); expected "
+                                  "{role: [lo_hz|null, hi_hz|null]} and {role: floor}") from None
+        cfg = cls(**d)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """PreprocessError (one line) for a config no recording can be preprocessed with (a config
+        read from a file: checkpoint, bundle manifest)."""
+        def num(v) -> bool:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                return False
+            try:
+                return math.isfinite(float(v))
+            except OverflowError:   # a JSON integer beyond float range
+                return False
+
+        def integer(v, lo, hi) -> bool:
+            return num(v) and float(v) == int(v) and lo <= v <= hi
+
+        problems = []
+        if not integer(self.fs_hz, 1, 10_000):
+            problems.append(f"fs_hz={self.fs_hz!r} (expected a whole rate 1..10000 Hz)")
+        if not (num(self.epoch_s) and 1 <= self.epoch_s <= 600):
+            problems.append(f"epoch_s={self.epoch_s!r} (expected 1..600 s)")
+        if not integer(self.filter_order, 1, 10):
+            problems.append(f"filter_order={self.filter_order!r} (expected 1..10)")
+        if not integer(self.resample_half_len, 1, 64):
+            problems.append(f"resample_half_len={self.resample_half_len!r} (expected 1..64)")
+        if not isinstance(self.normalise, bool):
+            problems.append(f"normalise={self.normalise!r} (expected true/false)")
+        for name in ("norm_halflife_epochs", "clip", "spo2_scale", "flat_window_s"):
+            v = getattr(self, name)
+            if not (num(v) and v > 0):
+                problems.append(f"{name}={v!r} (expected a positive number)")
+        if not num(self.spo2_center):
+            problems.append(f"spo2_center={self.spo2_center!r} (expected a number)")
+        for name in ("flat_fraction", "disconnected_fraction", "clip_fraction"):
+            v = getattr(self, name)
+            if not (num(v) and 0 <= v <= 1):
+                problems.append(f"{name}={v!r} (expected 0..1)")
+        nyq = self.fs_hz / 2 if num(self.fs_hz) and self.fs_hz > 0 else 0
+        try:
+            for r, lo, hi in self.bands:
+                edges = [e for e in (lo, hi) if e is not None]
+                if (not isinstance(r, str) or not all(num(e) and 0 < e < nyq for e in edges)
+                        or (lo is not None and hi is not None and not lo < hi)):
+                    problems.append(f"band {r!r}: {lo!r}..{hi!r} Hz (expected 0 < lo < hi < {nyq:g} Hz)")
+            for r, v in self.flat_floor:
+                if not (isinstance(r, str) and num(v) and v >= 0):
+                    problems.append(f"flat_floor {r!r}: {v!r}")
+        except (TypeError, ValueError):
+            problems.append("bands/flat_floor malformed (expected (role, lo, hi) and (role, floor) items)")
+        if problems:
+            raise PreprocessError(f"preprocessing config invalid: {'; '.join(problems[:3])}"
+                                  f"{'...' if len(problems) > 3 else ''}")
 
 
 @dataclass
