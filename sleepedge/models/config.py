@@ -85,6 +85,37 @@ class _Config:
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
 
+class _SignalContract:
+    """fs_hz / epoch_s / epoch_samples of an exportable model config (what the bundle manifest's
+    `signal` records), read from the sub-config named by `_signal_field`."""
+
+    _signal_field = "encoder"
+
+    @property
+    def fs_hz(self) -> int:
+        return getattr(self, self._signal_field).fs_hz
+
+    @property
+    def epoch_s(self) -> float:
+        return getattr(self, self._signal_field).epoch_s
+
+    @property
+    def epoch_samples(self) -> int:
+        return getattr(self, self._signal_field).epoch_samples
+
+
+def check_modalities(modalities) -> tuple[str, ...]:
+    """A model's role list: non-empty, known roles, no duplicates (ConfigError otherwise)."""
+    mods = tuple(modalities)
+    if not mods:
+        raise ConfigError("modalities is empty; expected at least one of " + ", ".join(ROLES))
+    for m in mods:
+        _check_option("modality", m, ROLES)
+    if len(set(mods)) != len(mods):
+        raise ConfigError(f"modalities {list(mods)} contain duplicates")
+    return mods
+
+
 def _check_transformer_fields(cfg, name: str) -> None:
     """Head divisibility and mask ratio, shared by the encoder and fusion configs."""
     if cfg.d_model % cfg.n_heads:
@@ -237,7 +268,7 @@ class MambaConfig(_Config):
 
 
 @dataclass(frozen=True)
-class SynthSleepNetConfig(_Config):
+class SynthSleepNetConfig(_SignalContract, _Config):
     """The whole multimodal stager: encoders (one config, one instance per role) + fusion + Mamba."""
 
     modalities: tuple[str, ...] = ROLES
@@ -247,14 +278,7 @@ class SynthSleepNetConfig(_Config):
     mamba: MambaConfig = field(default_factory=MambaConfig)
 
     def __post_init__(self):
-        mods = tuple(self.modalities)
-        object.__setattr__(self, "modalities", mods)
-        if not mods:
-            raise ConfigError("modalities is empty; expected at least one of " + ", ".join(ROLES))
-        for m in mods:
-            _check_option("modality", m, ROLES)
-        if len(set(mods)) != len(mods):
-            raise ConfigError(f"modalities {list(mods)} contain duplicates")
+        object.__setattr__(self, "modalities", check_modalities(self.modalities))
         if self.mamba.d_model != self.fusion.d_model:
             raise ConfigError(
                 f"mamba.d_model={self.mamba.d_model} must equal fusion.d_model={self.fusion.d_model} (D)"
@@ -263,19 +287,6 @@ class SynthSleepNetConfig(_Config):
     @property
     def d_embed(self) -> int:
         return self.fusion.d_model
-
-    # the signal contract every exportable model config exposes (SpectralSleepNetConfig too)
-    @property
-    def fs_hz(self) -> int:
-        return self.encoder.fs_hz
-
-    @property
-    def epoch_s(self) -> float:
-        return self.encoder.epoch_s
-
-    @property
-    def epoch_samples(self) -> int:
-        return self.encoder.epoch_samples
 
     def preprocess_config(self):
         """The runtime preprocessing this model expects (today's defaults)."""

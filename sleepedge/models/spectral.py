@@ -34,15 +34,22 @@ the band-power set declares `labels.tasks == ["stage"]` and the runtime ignores 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sleepedge.contract import EPOCH_S, FS_HZ, ROLES, STAGES
-from sleepedge.models.config import _NESTED, ConfigError, MambaConfig, ModelInputError, _check_option, _Config
+from sleepedge.contract import EPOCH_S, FS_HZ, STAGES
+from sleepedge.models.config import (
+    _NESTED,
+    ConfigError,
+    MambaConfig,
+    ModelInputError,
+    _check_option,
+    _Config,
+    _SignalContract,
+    check_modalities,
+)
 from sleepedge.models.layers import TaskHeads
 from sleepedge.models.mamba2 import TemporalContext
 
@@ -98,8 +105,10 @@ class SpectralConfig(_Config):
 
 
 @dataclass(frozen=True)
-class SpectralSleepNetConfig(_Config):
+class SpectralSleepNetConfig(_SignalContract, _Config):
     """Spectral front end + causal centring + MLP + Mamba2 context (the real-data default)."""
+
+    _signal_field = "spectral"
 
     modalities: tuple[str, ...] = ("EEG", "EOG")
     preset: str = "spectral"
@@ -114,14 +123,7 @@ class SpectralSleepNetConfig(_Config):
     mamba: MambaConfig = field(default_factory=lambda: MambaConfig(d_model=64, headdim=32, n_layers=2, chunk_size=32))
 
     def __post_init__(self):
-        mods = tuple(self.modalities)
-        object.__setattr__(self, "modalities", mods)
-        if not mods:
-            raise ConfigError("modalities is empty; expected at least one of " + ", ".join(ROLES))
-        for m in mods:
-            _check_option("modality", m, ROLES)
-        if len(set(mods)) != len(mods):
-            raise ConfigError(f"modalities {list(mods)} contain duplicates")
+        object.__setattr__(self, "modalities", check_modalities(self.modalities))
         _check_option("norm_mode", self.norm_mode, ("band", "role"))
         if self.norm_horizon_epochs < 1:
             raise ConfigError(f"norm_horizon_epochs={self.norm_horizon_epochs} must be >= 1")
@@ -134,18 +136,6 @@ class SpectralSleepNetConfig(_Config):
     def d_embed(self) -> int:
         """Width of z (the epoch graph's output, the step graph's input): M*K log powers + M presence."""
         return len(self.modalities) * (self.n_bands + 1)
-
-    @property
-    def fs_hz(self) -> int:
-        return self.spectral.fs_hz
-
-    @property
-    def epoch_s(self) -> float:
-        return self.spectral.epoch_s
-
-    @property
-    def epoch_samples(self) -> int:
-        return self.spectral.epoch_samples
 
     def preprocess_config(self):
         """The runtime preprocessing this model expects: resample to fs_hz, a causal high-pass
