@@ -25,7 +25,9 @@ def _fmt_duration(seconds: float) -> str:
 def _quality(reader, roles_map) -> dict[str, Any]:
     """Per-role fraction of complete 30-s epochs carrying each quality flag."""
     from sleepedge.contract import QUALITY_FLAGS
-    from sleepedge.preprocess import CausalPreprocessor, quality_summary, stack_epochs, usable_rates
+    import numpy as np
+
+    from sleepedge.preprocess import CausalPreprocessor, quality_summary, usable_rates
 
     header = reader.header
     primary = dict(roles_map.primary)
@@ -36,13 +38,13 @@ def _quality(reader, roles_map) -> dict[str, Any]:
     pre = CausalPreprocessor(rates)
     for onset, dur in header.gaps:
         pre.mark_gap(onset, onset + dur)
-    epochs = []
+    qualities = []   # only the flags: a long night's epoch data is never held (EDF+D: up to 30 days)
     label_role = {label: role for role, label in primary.items()}
     for _, block in reader.iter_epochs(list(primary.values()), n_epochs_per_block=20):
-        epochs.extend(pre.push({label_role[label]: x for label, x in block.items()}))
-    _, quality = stack_epochs(epochs, len(pre.roles), pre.config.epoch_samples)
+        qualities.extend(e.quality for e in pre.push({label_role[label]: x for label, x in block.items()}))
+    quality = np.stack(qualities) if qualities else np.zeros((0, len(pre.roles)), np.uint8)
     counts = quality_summary(quality, pre.roles)
-    n = len(epochs)
+    n = len(qualities)
     out: dict[str, Any] = {"n_epochs": n, "roles": {}, "unusable_roles": unusable}
     for role in pre.roles:
         out["roles"][role] = {
