@@ -169,3 +169,23 @@ def test_preprocessor_refuses_rates_it_cannot_resample_in_one_line():
     assert _ratio(256.0, 100) == (25, 64) and _ratio(0.1, 100) == (1000, 1)
     ok, dropped = usable_rates({"EEG": 100.0, "SPO2": 1 / 3600})
     assert ok == {"EEG": 100.0} and "SPO2" in dropped and "cannot resample" in dropped["SPO2"]
+
+
+def test_score_report_names_the_unusable_signal(tmp_path):
+    """The night is scored without the unusable signal; the JSON report and the run say so."""
+    from sleepedge.bundle import default_bundle_path
+
+    if not default_bundle_path().exists():
+        pytest.skip("no embedded default bundle")
+    p = _night(tmp_path / "n.edf")
+    raw = bytearray(p.read_bytes())
+    _sig_field(raw, 4, "pmin", 1, "5")
+    _sig_field(raw, 4, "pmax", 1, "5")
+    p.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["score", str(p), "-o", str(out), "-f", "json", "-q", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "unusable" in r.output and "EOG horizontal" in r.output
+    rep = json.loads((out / "n.sleepedge.json").read_text())
+    assert rep["n_epochs"] == 3 and "EOG" not in rep["roles_used"]
+    assert any("'EOG horizontal' unusable" in w for w in rep["warnings"])
