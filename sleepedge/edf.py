@@ -569,6 +569,11 @@ def _parse_layout(path: Path) -> _Layout:
                 f"{path}: signal {i + 1} ({label!r}) claims {n} samples per record, expected "
                 "at least 1; the header is corrupt, re-export the recording"
             )
+        if n > _MAX_FS_HZ * _MAX_RECORD_S:
+            raise EDFError(
+                f"{path}: header field samples per record of signal {i + 1} ({label!r}) is {float(n):g}, expected at "
+                f"most {_MAX_FS_HZ * _MAX_RECORD_S:.0f}; the header is corrupt, re-export the recording"
+            )
         spr[i] = n
         fields.append({
             "label": label, "unit": unit, "transducer": transducer, "prefilter": prefilter,
@@ -672,6 +677,16 @@ def _parse_layout(path: Path) -> _Layout:
     )
 
 
+def _convertible(pmin: float, pmax: float, dmin: int, dmax: int) -> bool:
+    """_digital_to_physical's arithmetic stays finite: bitvalue = (pmax - pmin) / (dmax - dmin) finite and
+    non-zero, physical_max / bitvalue finite."""
+    try:
+        bitvalue = (pmax - pmin) / (dmax - dmin)
+        return math.isfinite(bitvalue) and bitvalue != 0 and math.isfinite(pmax / bitvalue - dmax)
+    except (ZeroDivisionError, OverflowError):
+        return False
+
+
 def _signal_infos(layout: _Layout) -> list[SignalInfo]:
     path, quirks = layout.path, layout.quirks
     infos: list[SignalInfo] = []
@@ -698,7 +713,7 @@ def _signal_infos(layout: _Layout) -> list[SignalInfo]:
             rate_fields.append(f"samples per record {f['what']} is {spr}")
         elif spr * layout.n_records * 2 > layout.file_size - layout.header_bytes:
             reason = f"{spr * layout.n_records} samples claimed, more than the file holds"  # never: the layout checks it
-        elif dmax != dmin and not (pmax != pmin and math.isfinite((pmax - pmin) / (dmax - dmin))):
+        elif dmax != dmin and not _convertible(pmin, pmax, dmin, dmax):
             reason = (f"physical range {f['pmin_raw'].strip()!r}..{f['pmax_raw'].strip()!r} cannot convert "
                       f"digital values {dmin}..{dmax}")
         if reason:

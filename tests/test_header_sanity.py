@@ -189,3 +189,27 @@ def test_score_report_names_the_unusable_signal(tmp_path):
     rep = json.loads((out / "n.sleepedge.json").read_text())
     assert rep["n_epochs"] == 3 and "EOG" not in rep["roles_used"]
     assert any("'EOG horizontal' unusable" in w for w in rep["warnings"])
+
+
+def test_long_run_fuzz_finds_are_one_line(tmp_path):
+    """SLEEPEDGE_FUZZ_CASES=10000 found: samples per record '1e308' (int64 overflow in the layout) and a
+    digital minimum of -1e308 (bitvalue 0 -> ZeroDivisionError while reading)."""
+    p = _night(tmp_path / "n.edf")
+    raw = bytearray(p.read_bytes())
+    _sig_field(raw, 4, "spr", 1, "1e308")
+    q = tmp_path / "spr.edf"
+    q.write_bytes(bytes(raw))
+    msg = _one_line_error(q, "samples per record of signal 2")
+    assert "1e+308" in msg and len(msg) < 400
+    raw = bytearray(p.read_bytes())
+    _sig_field(raw, 4, "pmin", 0, "-1e-300")
+    _sig_field(raw, 4, "pmax", 0, "1e-300")
+    _sig_field(raw, 4, "dmin", 0, "-1e308")
+    q = tmp_path / "dmin.edf"
+    q.write_bytes(bytes(raw))
+    with pytest.warns(EDFQuirkWarning, match="unusable"):
+        r = open_edf(q)
+    with r:
+        assert "EEG Fpz-Cz" in r.header.unusable and r.header.labels == ["EOG horizontal", "ECG"]
+        for _, block in r.iter_epochs():
+            assert all(np.isfinite(v).all() for v in block.values())
