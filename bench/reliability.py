@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=50)
     ap.add_argument("--hours", type=float, default=2.0, help="night length for the kill test")
+    ap.add_argument("--edf", type=Path, default=None,
+                    help="kill test on this recording instead of a simulated night (e.g. the real SC4001E0-PSG.edf)")
     ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument("--lengths", default="1,8,24,72")
     ap.add_argument("--model", default=None, help="bundle (default: the embedded model)")
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                     "note": "SIMULATED nights; reliability figures, not accuracy"}
     if "kill" not in skip:
-        night = simulate(work / "kill-night.edf", args.hours, seed=11)
+        night = args.edf if args.edf is not None else simulate(work / "kill-night.edf", args.hours, seed=11)
+        report["kill_recording"] = str(args.edf) if args.edf is not None else f"SIMULATED {args.hours:g} h night"
         report["kill"] = kill_test(night, args.kills, args.model, work)
         save()
     if "load" not in skip:
