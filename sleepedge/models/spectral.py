@@ -182,7 +182,7 @@ def _highpass_response(fc: float, order: int, fs: float, freqs: np.ndarray) -> n
 class SpectralFrontEnd(nn.Module):
     """x [B, M, S] (µV, preprocessed) -> natural-log band powers [B, M, K] (µV^2).
 
-    Welch's estimate written with basic tensor ops (gather, matmul, sort) so it exports to
+    Welch's estimate written with basic tensor ops (slices, matmuls, comparisons) so it exports to
     ONNX and runs in any runtime; equal to scipy.signal.welch(..., average="median") up to the
     per-bin weights (tested against scipy and against the real night's stored features)."""
 
