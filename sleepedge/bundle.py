@@ -45,6 +45,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from sleepedge.contract import is_finite_number
 from sleepedge.errors import BundleError
 
 SCHEMA = "sleepedge.bundle/1"
@@ -391,13 +392,7 @@ _OBJECT_KEYS = ("model", "signal", "labels", "graphs", "state", "engines", "vers
 MAX_STATE_ELEMENTS = 10_000_000   # 40 MB of float32 per recurrent state (the paper-size model holds ~0.1 M)
 
 
-def _number(v) -> bool:
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:   # a JSON integer beyond float range
-        return False
+_number = is_finite_number
 
 
 def _validate_values(m: dict, src: Path) -> None:

@@ -11,6 +11,8 @@ Glossary (used in every module):
 
 from __future__ import annotations
 
+import math
+
 EPOCH_S: float = 30.0
 FS_HZ: int = 100
 EPOCH_SAMPLES: int = int(EPOCH_S * FS_HZ)  # 3000
@@ -42,3 +44,14 @@ QUALITY_FLAGS: dict[str, int] = {
 def quality_names(mask: int) -> list[str]:
     """Names of the flags set in a quality bit mask."""
     return [name for name, bit in QUALITY_FLAGS.items() if int(mask) & bit]
+
+
+def is_finite_number(v) -> bool:
+    """A real int/float (not bool) with a finite float value: what config and manifest values
+    read from files must be (a JSON integer beyond float range is not)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False

@@ -32,7 +32,6 @@ No whole-night statistic is ever used.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
@@ -120,13 +119,7 @@ class PreprocessConfig:
     def check(self) -> None:
         """PreprocessError (one line) for a config no recording can be preprocessed with (a config
         read from a file: checkpoint, bundle manifest)."""
-        def num(v) -> bool:
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                return False
-            try:
-                return math.isfinite(float(v))
-            except OverflowError:   # a JSON integer beyond float range
-                return False
+        num = contract.is_finite_number
 
         def integer(v, lo, hi) -> bool:
             return num(v) and float(v) == int(v) and lo <= v <= hi
