@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bench.real_night import sleep_period
 from sleepedge.bundle import default_bundle_path, load_bundle
 from sleepedge.cli import app
 from sleepedge.contract import IGNORE
@@ -25,12 +26,6 @@ EEG_ONLY_FLOOR = 0.70
 
 pytestmark = pytest.mark.skipif(not (PSG.exists() and HYP.exists()),
                                 reason="real night ../shared/data/sleep-edf/SC4001E0-PSG.edf + hypnogram not available")
-
-
-def sleep_period(stages: np.ndarray, pad_epochs: int = 60) -> slice:
-    """First to last scored sleep epoch, +-30 min, clipped to the recording."""
-    sl = np.nonzero((stages >= 1) & (stages <= 4))[0]
-    return slice(max(0, int(sl[0]) - pad_epochs), min(len(stages), int(sl[-1]) + pad_epochs + 1))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +57,9 @@ def test_real_night_agreement(tmp_path, expert, capsys):
     pred, report = _score(tmp_path / "both")
     n = min(len(pred), len(expert))
     assert len(pred) == 2650                                  # 79,500 s
-    span = sleep_period(expert[:n])
-    assert span == slice(961, 1802)                           # 841 epochs, the band-power set's crop
+    lo, hi = sleep_period(expert[:n])                         # first to last sleep epoch, +-30 min
+    assert (lo, hi) == (961, 1802)                            # 841 epochs, the band-power set's crop
+    span = slice(lo, hi)
     y = expert[:n]
     m = staging_metrics(y[span], pred[span])
     whole = staging_metrics(y, pred)

@@ -206,17 +206,24 @@ def predict(model: SpectralSleepNet, logp: np.ndarray, present: np.ndarray) -> n
     return torch.softmax(stage, -1).numpy()
 
 
-def evaluate(model: SpectralSleepNet, nights: Sequence[Night], roles=("EEG", "EOG"), eeg_channel: int = 0,
-             drop_eog: bool = False) -> dict:
+def stages_of(model: SpectralSleepNet, nights: Sequence[Night], eeg_channel: int = 0, drop_eog: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Expert and predicted stages over `nights`, concatenated: (y, pred). EEG from stored channel
+    `eeg_channel` (0 Fpz-Cz, 1 Pz-Oz); `drop_eog`: scored as an EEG-only recording."""
+    roles = tuple(model.config.modalities)
     ys, ps = [], []
     for n in nights:
         lp, pr, lb = make_sample(n, TrainConfig(), np.random.default_rng(0), train=False, roles=roles,
                                  eeg_channel=eeg_channel)
         if drop_eog and "EOG" in roles:
-            pr[:, list(roles).index("EOG")] = 0.0
+            pr[:, roles.index("EOG")] = 0.0
         ps.append(predict(model, lp, pr).argmax(-1))
         ys.append(lb)
-    return staging_metrics(np.concatenate(ys), np.concatenate(ps))
+    return np.concatenate(ys), np.concatenate(ps)
+
+
+def evaluate(model: SpectralSleepNet, nights: Sequence[Night], eeg_channel: int = 0, drop_eog: bool = False) -> dict:
+    return staging_metrics(*stages_of(model, nights, eeg_channel, drop_eog))
 
 
 def fit(train_nights: Sequence[Night], val_nights: Sequence[Night], cfg: TrainConfig,
@@ -248,7 +255,7 @@ def fit(train_nights: Sequence[Night], val_nights: Sequence[Night], cfg: TrainCo
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        val = evaluate(model, val_nights, roles) if val_nights else {"kappa": float("nan")}
+        val = evaluate(model, val_nights) if val_nights else {"kappa": float("nan")}
         history.append({"epoch": ep, "loss": float(np.mean(losses)), "val_kappa": val["kappa"],
                         "seconds": time.perf_counter() - t0})
         say(f"epoch {ep:3d} loss {np.mean(losses):.4f} val kappa {val['kappa']:.4f} ({time.perf_counter() - t0:.0f} s)")
@@ -282,19 +289,11 @@ def cross_validate(nights: Sequence[Night], cfg: TrainConfig, k: int = 5, n_val_
         te = [n for n in nights if n.subject in test_subj]
         say(f"fold {f}: train {len(tr)} nights, val {len(va)} ({val_subj}), test {len(te)} ({test_subj})")
         model, info = fit(tr, va, cfg, model_cfg, log=lambda m: say(f"  fold {f} {m}"))
-        roles = tuple(model.config.modalities)
         res = {}
         for key, kw in (("both", {}), ("eeg_only", {"drop_eog": True}), ("pz_oz", {"eeg_channel": 1})):
-            ys, ps = [], []
-            for n in te:
-                lp, pr, lb = make_sample(n, cfg, np.random.default_rng(0), train=False, roles=roles,
-                                         eeg_channel=kw.get("eeg_channel", 0))
-                if kw.get("drop_eog") and "EOG" in roles:
-                    pr[:, roles.index("EOG")] = 0.0
-                ps.append(predict(model, lp, pr).argmax(-1))
-                ys.append(lb)
-            pooled[key].append((np.concatenate(ys), np.concatenate(ps)))
-            res[key] = _short(staging_metrics(np.concatenate(ys), np.concatenate(ps)))
+            y, p = stages_of(model, te, **kw)
+            pooled[key].append((y, p))
+            res[key] = _short(staging_metrics(y, p))
         per_fold.append({"fold": f, "test_subjects": test_subj, "val_subjects": val_subj, "n_train_nights": len(tr),
                          "best_val_kappa": info["best_val_kappa"], "seconds": info["seconds"], **res})
         say(f"fold {f}: test kappa {res['both']['kappa']:.4f} (EEG only {res['eeg_only']['kappa']:.4f}, "

@@ -51,13 +51,13 @@ def _load_model(model: str | Path | None):
 
 
 def trained_on(bundle) -> str:
-    """One line naming the data the model was trained on (every run prints it)."""
+    """One line naming the data the model was trained on (every run prints it); a simulated
+    model whose data text does not say so is labelled SIMULATED."""
     prov = bundle.manifest.get("provenance") or {}
-    data = " ".join(str(prov.get("data") or "unknown data").split())
-    kind = "SIMULATED" if bundle.simulated else ("REAL" if data.upper().startswith("REAL") else "")
-    head = data.split(";")[0]
-    return f"model {bundle.name}: trained on {head}" if not kind or head.upper().startswith(kind) \
-        else f"model {bundle.name}: trained on {kind} data: {head}"
+    head = " ".join(str(prov.get("data") or "unknown data").split()).split(";")[0]
+    if bundle.simulated and "SIMULATED" not in head.upper():
+        head = f"SIMULATED data: {head}"
+    return f"model {bundle.name}: trained on {head}"
 
 
 def _out_stem(path: Path, used: set[str]) -> str:

@@ -74,8 +74,10 @@ class SpectralConfig(_Config):
     def __post_init__(self):
         if self.segment_s * self.fs_hz > self.epoch_s * self.fs_hz:
             raise ConfigError(f"spectral segment_s={self.segment_s} is longer than the epoch ({self.epoch_s} s)")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"spectral overlap={self.overlap} must be in [0, 1)")
+        if self.overlap != 0.5 or self.epoch_samples % (self.nperseg // 2):
+            raise ConfigError(f"spectral overlap={self.overlap}, segment_s={self.segment_s}: the front end computes "
+                              "50 %-overlap segments that tile the epoch (the reference's 4 s / 2 s); use overlap 0.5 "
+                              "and a segment whose half divides the epoch")
         for lo, hi in self.bands_hz:
             if not 0.0 <= lo < hi <= self.fs_hz / 2:
                 raise ConfigError(f"spectral band ({lo}, {hi}) Hz must satisfy 0 <= lo < hi <= {self.fs_hz / 2}")
@@ -209,17 +211,12 @@ class SpectralFrontEnd(nn.Module):
                 w = w / np.maximum(_highpass_response(cfg.highpass_hz, cfg.highpass_order, fs, f) ** 2, 1e-3)
             weights.append(w)
         band = np.stack([((f >= lo) & (f < hi)).astype(np.float64) for lo, hi in cfg.bands_hz], axis=1)   # [F, K]
-        idx = np.arange(n_seg)[:, None] * step + np.arange(L)[None, :]                                    # [n_seg, L]
-        self.register_buffer("seg_index", torch.from_numpy(idx.reshape(-1)).long(), persistent=False)
-        cos, sin = win[:, None] * np.cos(ang), win[:, None] * np.sin(ang)
-        self.register_buffer("cos", torch.from_numpy(cos).float(), persistent=False)
-        self.register_buffer("sin", torch.from_numpy(sin).float(), persistent=False)
-        # 50 % overlap tiling the epoch (the reference's 4 s / 2 s): segment k = blocks k and k+1, so each
-        # block's DFT halves are computed once and the segments are sums of views (no Gather); the
-        # constant detrend is applied after the DFT as mean * (column sums of the windowed basis)
+        # 50 % overlap tiling the epoch (the reference's 4 s / 2 s, checked by the config): segment k =
+        # blocks k and k+1, so each block's DFT halves are computed once and the segments are sums of
+        # views (no Gather); the constant detrend is applied after the DFT as mean * (column sums of
+        # the windowed basis)
         self.hop = step
-        self.halves = 2 * cfg.noverlap == L and cfg.epoch_samples % step == 0
-        basis = np.concatenate([cos, sin], axis=1)                                                     # [L, 2F]
+        basis = np.concatenate([win[:, None] * np.cos(ang), win[:, None] * np.sin(ang)], axis=1)     # [L, 2F]
         self.register_buffer("basis_a", torch.from_numpy(basis[:step]).float(), persistent=False)
         self.register_buffer("basis_b", torch.from_numpy(basis[step:]).float(), persistent=False)
         self.register_buffer("basis_sum", torch.from_numpy(basis.sum(0)).float(), persistent=False)
@@ -234,18 +231,13 @@ class SpectralFrontEnd(nn.Module):
     def periodograms(self, x: Tensor) -> Tensor:
         """x [B, M, S] -> |DFT|^2 of every detrended, windowed segment [B, M, n_seg, F]."""
         b, m, _s = x.shape
-        F_ = self.cos.shape[1]
-        if self.halves:
-            blocks = x[:, :, : (self.n_seg + 1) * self.hop].reshape(b, m, self.n_seg + 1, self.hop)
-            spec = (blocks @ self.basis_a)[:, :, :-1] + (blocks @ self.basis_b)[:, :, 1:]           # [B, M, n_seg, 2F]
-            tot = blocks.sum(dim=-1)
-            mean = (tot[:, :, :-1] + tot[:, :, 1:]) / self.L                                          # detrend="constant"
-            spec = spec - mean[..., None] * self.basis_sum
-            re, im = spec[..., :F_], spec[..., F_:]
-        else:
-            seg = x.index_select(-1, self.seg_index).reshape(b, m, self.n_seg, self.L)
-            seg = seg - seg.mean(dim=-1, keepdim=True)
-            re, im = seg @ self.cos, seg @ self.sin
+        blocks = x[:, :, : (self.n_seg + 1) * self.hop].reshape(b, m, self.n_seg + 1, self.hop)
+        spec = (blocks @ self.basis_a)[:, :, :-1] + (blocks @ self.basis_b)[:, :, 1:]               # [B, M, n_seg, 2F]
+        tot = blocks.sum(dim=-1)
+        mean = (tot[:, :, :-1] + tot[:, :, 1:]) / self.L                                              # detrend="constant"
+        spec = spec - mean[..., None] * self.basis_sum
+        F_ = spec.shape[-1] // 2
+        re, im = spec[..., :F_], spec[..., F_:]
         return re * re + im * im
 
     def median(self, p: Tensor) -> Tensor:
