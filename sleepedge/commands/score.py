@@ -139,12 +139,45 @@ class _NoProgress:
         pass
 
 
+def score_night(rec: Path, bundle, engine, out: Path, stem: str, fmts, overrides, *, resume: bool = False,
+                on_progress=None, state: dict | None = None):
+    """Score ONE recording into `out/<stem>.<fmt>`: the per-night path of `sleepedge score` and of
+    `sleepedge cohort score` (same code, same files). Returns (night, {format: path}).
+
+    Offline: TSV/CSV lines flushed per epoch (a kill loses nothing), fsynced every 256 epochs
+    (~0.3 s of scoring), EDF+/JSON rewritten every 4 h of recording. `state["writer"]` is the
+    night's NightWriter once the file is open (the caller reports what it saved on an error);
+    on any exception the writer is closed before it propagates."""
+    from runtime.scorer import score_recording
+    from runtime.sinks import NightWriter
+
+    notice = bundle.notice if bundle.simulated else ""
+    state = {} if state is None else state
+
+    def on_header(header):
+        state["writer"] = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=480,
+                                      start=header.start, fsync_every=256)
+        factory = _partial_night(str(rec), header.start, bundle, engine.describe())
+        state["factory"] = lambda epochs: factory(epochs, respiratory=state.get("respiratory", (True, "")))
+
+    def on_scorer(scorer):
+        state["respiratory"] = (scorer.respiratory_ok, scorer.respiratory_reason)
+
+    try:
+        night = score_recording(rec, bundle, overrides, engine, on_header=on_header, on_scorer=on_scorer,
+                                on_epoch=lambda r: state["writer"].add(r, state["factory"]), on_progress=on_progress)
+        return night, state["writer"].finish(night)
+    except BaseException:
+        if state.get("writer") is not None:
+            state["writer"].close()
+        raise
+
+
 def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAULT_FORMATS, channel=None,
                 device="auto", threads=None, resume=False, quiet=False) -> int:
     """Score every recording; returns the number that failed (each reported on one line)."""
-    from runtime.scorer import score_recording
     from runtime.session import make_sessions
-    from runtime.sinks import NightWriter, check_writable, parse_formats
+    from runtime.sinks import check_writable, parse_formats
     from sleepedge.channels import parse_overrides
     from sleepedge.errors import SleepEdgeError
 
@@ -171,39 +204,21 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     with progress:
         for rec in recordings:
             rec = Path(rec)
-            writer = None
+            state: dict = {}
             stem = _out_stem(rec, used)
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")  # recorded here and shown as one line each below
                     task = progress.add_task(rec.name, total=1.0)
-                    state: dict = {}
-
-                    def on_header(header, rec=rec, state=state):
-                        # offline: TSV/CSV lines flushed per epoch (a kill loses nothing), fsynced every
-                        # 256 epochs (~0.3 s of scoring), EDF+/JSON rewritten every 4 h of recording
-                        state["writer"] = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=480,
-                                                      start=header.start, fsync_every=256)
-                        factory = _partial_night(str(rec), header.start, bundle, engine.describe())
-                        state["factory"] = lambda epochs, state=state, factory=factory: factory(
-                            epochs, respiratory=state.get("respiratory", (True, "")))
-
-                    def on_scorer(scorer, state=state):
-                        state["respiratory"] = (scorer.respiratory_ok, scorer.respiratory_reason)
-
                     try:
-                        night = score_recording(
-                            rec, bundle, overrides, engine, on_header=on_header, on_scorer=on_scorer,
-                            on_epoch=lambda r, state=state: state["writer"].add(r, state["factory"]),
+                        night, paths = score_night(
+                            rec, bundle, engine, out, stem, fmts, overrides, resume=resume, state=state,
                             on_progress=lambda done, total, task=task: progress.update(
-                                task, completed=done / total if total else 1.0),
-                        )
+                                task, completed=done / total if total else 1.0))
                     finally:
-                        writer = state.get("writer")
                         progress.remove_task(task)
                         for w in caught:  # also when scoring failed: the quirk may explain it
                             err.print(f"warning: {w.message}", style="yellow")
-                paths = writer.finish(night)
                 rows.append(_summary_row(rec.name, night))
                 if not night.respiratory_ok:
                     no_ahi.setdefault(night.respiratory_reason, []).append(rec.name)
@@ -213,9 +228,8 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
                         err.print(f"{rec.name}: missing roles {night.missing_roles} (presence mask 0)")
             except SleepEdgeError as ex:
                 failed += 1
+                writer = state.get("writer")
                 saved = writer.saved() if writer is not None else ""
-                if writer is not None:
-                    writer.close()
                 err.print(f"error: {rec}: {ex}" + (f" (saved: {saved})" if saved else ""), soft_wrap=True, style="red")
     if rows:
         _print_table(rows, notice)
