@@ -393,20 +393,21 @@ def write_json(path: Path, report: dict) -> Path:
     return path
 
 
-def write_png(path: Path, night) -> Path:
-    """Hypnogram, hypnodensity (stacked probabilities) and apnea/hypopnea probability lines."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+def night_figure(night):
+    """The PNG's figure as a `matplotlib.figure.Figure`: hypnogram, hypnodensity (stacked
+    probabilities) and apnea/hypopnea probability lines. Built without pyplot, so no backend
+    is selected or changed (a notebook shows it as it is; `write_png` saves it)."""
+    from matplotlib.figure import Figure
 
     epochs = night.epochs
     t_h = np.array([e.onset_s for e in epochs]) / 3600.0
     resp_ok, resp_reason = respiratory_status(night)
     if resp_ok:
-        fig, axes = plt.subplots(3, 1, figsize=(11, 6.5), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2, 0.8]})
+        fig = Figure(figsize=(11, 6.5))
+        axes = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2, 0.8]})
     else:  # no apnea panel: the values are not reported (the title says why)
-        fig, axes = plt.subplots(2, 1, figsize=(11, 5.2), sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2]})
+        fig = Figure(figsize=(11, 5.2))
+        axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [1.2, 1.2]})
     ax = axes[0]
     depth = {0: 0, 4: 1, 1: 2, 2: 3, 3: 4}  # W top, REM, N1, N2, N3 bottom
     y = np.array([depth[e.stage] for e in epochs])
@@ -435,13 +436,17 @@ def write_png(path: Path, night) -> Path:
         axes[2].legend(loc="upper right", fontsize=7)
     axes[-1].set_xlabel("time since start (h)")
     fig.tight_layout()
+    return fig
+
+
+def write_png(path: Path, night) -> Path:
+    """`night_figure` saved as PNG (atomic replace)."""
+    fig = night_figure(night)
     path = Path(path)
     try:
         _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     except OSError as ex:
         raise OutputError(f"writing {path} failed ({ex.strerror or ex}); the TSV/CSV beside it hold every scored epoch") from None
-    finally:
-        plt.close(fig)
     return path
 
 
