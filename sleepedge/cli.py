@@ -50,13 +50,14 @@ def main(
 
 
 def _register() -> None:
+    from sleepedge.commands import cohort as cohort_cmd
     from sleepedge.commands import export as export_cmd
     from sleepedge.commands import info as info_cmd
     from sleepedge.commands import score as score_cmd
     from sleepedge.commands import simulate as simulate_cmd
     from sleepedge.commands import train as train_cmd
 
-    for module in (info_cmd, simulate_cmd, score_cmd, export_cmd, train_cmd):
+    for module in (info_cmd, simulate_cmd, score_cmd, cohort_cmd, export_cmd, train_cmd):
         module.register(app)
 
 
@@ -67,13 +68,16 @@ _TORCH_EXTRA = "install it with: pip install 'torch==2.13.0' && pip install 'sle
 _EXTRAS = {
     "torch": _TORCH_EXTRA, "onnx": _TORCH_EXTRA, "onnxscript": _TORCH_EXTRA,
     "pylsl": "install it with: pip install 'sleepedge[lsl]'",
+    **dict.fromkeys(("dask", "distributed", "pyarrow", "pandas"), "install it with: pip install 'sleepedge[cohort]'"),
 }
 
 
 def run() -> None:
     """Console-script entry point: domain errors -> one line + exit code, no traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)   # click returns (not raises) a command's typer.Exit(code) here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except SleepEdgeError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(err.exit_code)
