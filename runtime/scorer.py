@@ -405,7 +405,7 @@ def manifest_summary(bundle) -> dict:
 
 
 def score_recording(
-    edf_path,
+    recording,
     bundle,
     overrides: Mapping[str, str] | None = None,
     engine=None,
@@ -419,7 +419,11 @@ def score_recording(
     block_epochs: int = 32,
     pipeline: bool | None = None,
 ) -> NightResult:
-    """Score a whole EDF offline through the streaming path; `on_header(header)` once the file is
+    """Score a whole recording offline through the streaming path.
+
+    recording: an EDF/EDF+ path, or an in-memory reader with the same interface
+    (`runtime.sources.ArrayRecording`: arrays, an MNE Raw), read block by block the same way.
+    `on_header(header)` once the file is
     open, `on_scorer(scorer)` once the channels are mapped (before the first epoch), `on_epoch`
     sees each result as it is scored (the sinks append and flush there), `on_progress(done_s,
     total_s)` after each block.
@@ -431,11 +435,16 @@ def score_recording(
     from sleepedge.channels import assign_roles
     from sleepedge.edf import open_edf
 
-    path = Path(edf_path)
-    with open_edf(path, backend="native") as reader:   # the project's reader: pyedflib's samples (tested), 10x faster
+    if hasattr(recording, "iter_epochs") and hasattr(recording, "header"):   # in memory (ArrayRecording)
+        opened, name = recording, str(getattr(recording.header, "name", "<recording>"))
+        source_name = name
+    else:
+        path = Path(recording)
+        opened, name, source_name = open_edf(path, backend="native"), path.name, str(path)  # the project's reader: pyedflib's samples (tested), 10x faster
+    with opened as reader:
         header = reader.header
         if header.duration_s < EPOCH_S:
-            raise PreprocessError(f"{path.name} lasts {header.duration_s:g} s, shorter than one {EPOCH_S:g}-s epoch; "
+            raise PreprocessError(f"{name} lasts {header.duration_s:g} s, shorter than one {EPOCH_S:g}-s epoch; "
                                   "nothing to score (record at least 30 s)")
         if on_header is not None:
             on_header(header)
@@ -476,7 +485,7 @@ def score_recording(
                 close()
         summary = manifest_summary(bundle)
         return NightResult(
-            source=str(path), epochs=results, start=header.start, roles_used=used,
+            source=source_name, epochs=results, start=header.start, roles_used=used,
             missing_roles=list(scorer.missing_roles), extra_roles=list(scorer.extra_roles),
             engine=scorer.engine.describe(), manifest_summary=summary, notice=summary["notice"] if summary["simulated"] else "",
             warnings=list(header.warnings) + [f"{role_map.primary[r]}: {why}" for r, why in scorer.unusable_roles.items()],

@@ -22,6 +22,8 @@ LSLSource         a Lab Streaming Layer inlet resolved by stream name. Channel l
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +41,26 @@ class Chunk:
     data: dict[str, np.ndarray]
     gap_s: float = 0.0
     t_s: float = 0.0                 # signal time of the chunk's first sample (s from start)
+
+
+def _chunk_spans(onset_s: float, block_s: float, chunk_s: float, gaps) -> list[tuple[float, float]]:
+    """Chunk [a, b) offsets of a block starting at `onset_s`: `chunk_s` each, except that chunks
+    lying wholly inside an EDF+D gap (NaN samples, no data arrives live either) are merged into one:
+    a header declaring a day of gaps costs a few pushes, not 86,400 one-second ones."""
+    n = int(np.ceil(block_s / chunk_s - 1e-9))
+    starts, ends = gaps
+    spans: list[tuple[float, float]] = []
+    merged = False
+    for k in range(n):
+        a, b = k * chunk_s, min((k + 1) * chunk_s, block_s)
+        g = bisect.bisect_right(starts, onset_s + a) - 1
+        inside = g >= 0 and onset_s + b <= ends[g]
+        if inside and merged and spans:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+        merged = inside
+    return spans
 
 
 class EDFReplaySource:
@@ -76,15 +98,15 @@ class EDFReplaySource:
 
     def __iter__(self) -> Iterator[Chunk]:
         label_role = {lab: r for r, lab in self.labels.items()}
+        spans = sorted((a, a + d) for a, d in (getattr(self.header, "gaps", None) or []))
+        gaps = ([a for a, _ in spans], list(itertools.accumulate((b for _, b in spans), max)))
         t_wall0 = time.monotonic()
         expected = 0.0
         try:
             for onset_s, block in self.reader.iter_epochs(list(self.labels.values()), n_epochs_per_block=self.block_epochs):
                 gap = max(0.0, onset_s - expected) if onset_s > expected + 1e-6 else 0.0
                 block_s = max(len(v) / self.rates_hz[label_role[lab]] for lab, v in block.items())
-                n_chunks = int(np.ceil(block_s / self.chunk_s - 1e-9))
-                for k in range(n_chunks):
-                    a_s, b_s = k * self.chunk_s, min((k + 1) * self.chunk_s, block_s)
+                for k, (a_s, b_s) in enumerate(_chunk_spans(onset_s, block_s, self.chunk_s, gaps)):
                     data = {}
                     for lab, v in block.items():
                         fs = self.rates_hz[label_role[lab]]
@@ -228,3 +250,185 @@ class LSLSource:
             self.inlet.close_stream()
         except RuntimeError:  # pylsl's LostError/InternalError: closing an already lost inlet
             pass
+
+
+# --------------------------------------------------------------------------- in-memory recordings
+@dataclass
+class ArraySignal:
+    """One in-memory channel: what `score_recording` reads of an EDF `SignalInfo`."""
+
+    index: int
+    label: str
+    fs_hz: float
+    n_samples: int
+    unit: str = "uV"
+
+
+class RecordingHeader:
+    """The part of `sleepedge.edf.EDFHeader` that `score_recording` and the sinks use, for a
+    recording held in memory (no EDF+D gaps, no annotations, no header quirks)."""
+
+    def __init__(self, name: str, signals: list[ArraySignal], start: datetime | None = None,
+                 warnings: list[str] | None = None):
+        self.path = Path(name)
+        self.name = name
+        self.signals = signals
+        self.start = start
+        self.annotations: list = []
+        self.warnings: list[str] = list(warnings or [])
+        self.gaps: list[tuple[float, float]] = []
+        self.edf_plus = False
+        self.discontinuous = False
+        self.unusable: dict[str, str] = {}
+
+    @property
+    def duration_s(self) -> float:
+        """The longest channel's length in seconds."""
+        return max((s.n_samples / s.fs_hz for s in self.signals), default=0.0)
+
+    @property
+    def labels(self) -> list[str]:
+        return [s.label for s in self.signals]
+
+    def signal(self, label_or_index) -> ArraySignal:
+        if isinstance(label_or_index, ArraySignal):
+            return label_or_index
+        if isinstance(label_or_index, int) and not isinstance(label_or_index, bool):
+            if 0 <= label_or_index < len(self.signals):
+                return self.signals[label_or_index]
+        else:
+            for s in self.signals:
+                if s.label == label_or_index:
+                    return s
+        raise ChannelError(f"{self.name}: no channel {label_or_index!r}; channels: {self.labels}")
+
+
+class ArrayRecording:
+    """A recording held in memory with the reader interface `runtime.scorer.score_recording`
+    uses for an EDF (`header`, `iter_epochs`, `read`), so arrays, an MNE Raw and an EDF path go
+    through the same preprocessing and scoring code, block by block exactly as the EDF reader
+    cuts them (sample boundaries round(t * fs)).
+
+    signals: label -> (samples, fs_hz); samples 1-D, µV for voltage channels (SpO2 in %, other
+    non-voltage channels in their own unit, as `sleepedge.edf` reads them); NaN marks missing
+    samples (the scorer flags those epochs `nan`). Channels may have different rates and lengths.
+    """
+
+    MAX_BLOCK_SAMPLES = 4_000_000    # as sleepedge.edf's iter_epochs: fewer epochs per block above ~4 kHz
+    MAX_SAMPLES = 400_000_000        # per channel: ~46 days at 100 Hz; more is a wrong array, not a night
+
+    def __init__(self, signals: Mapping[str, tuple[np.ndarray, float]], *, start: datetime | None = None,
+                 name: str = "<arrays>"):
+        if not isinstance(signals, Mapping) or not signals:
+            raise ChannelError(f"{name}: expected a non-empty mapping {{label: (samples, fs_hz)}}, got "
+                               f"{type(signals).__name__}; e.g. {{'EEG Fpz-Cz': (x, 100.0)}}")
+        self.name = name
+        self._data: dict[str, np.ndarray] = {}
+        infos = []
+        for k, (label, value) in enumerate(signals.items()):
+            label = str(label)
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ChannelError(f"{name}: channel {label!r} is {type(value).__name__}; expected a pair "
+                                   f"(samples, fs_hz), e.g. {{{label!r}: (x, 100.0)}}")
+            x, fs = value
+            try:
+                fs = float(fs)
+            except (TypeError, ValueError):
+                fs = float("nan")
+            if not (np.isfinite(fs) and 0 < fs <= 100_000):
+                raise ChannelError(f"{name}: channel {label!r} has sample rate {value[1]!r}; expected a number "
+                                   f"of Hz in (0, 100000]")
+            try:
+                arr = np.asarray(x, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ChannelError(f"{name}: channel {label!r} samples are not numbers; pass a 1-D float "
+                                   f"array (µV)") from None
+            if arr.ndim != 1:
+                raise ChannelError(f"{name}: channel {label!r} samples have shape {arr.shape}; pass one 1-D "
+                                   f"array per channel")
+            if arr.size > self.MAX_SAMPLES:
+                raise ChannelError(f"{name}: channel {label!r} holds {arr.size} samples (> {self.MAX_SAMPLES}); "
+                                   f"score it in parts")
+            if label in self._data:
+                raise ChannelError(f"{name}: channel label {label!r} appears twice; labels must be unique")
+            self._data[label] = arr
+            infos.append(ArraySignal(k, label, fs, int(arr.size)))
+        self.header = RecordingHeader(name, infos, start)
+        self.types: dict[str, str] = {}   # label -> MNE channel type (from_mne), used when a label has no role
+
+    @classmethod
+    def from_mne(cls, raw, name: str | None = None) -> "ArrayRecording":
+        """The channels of an `mne.io.BaseRaw` (MNE imported by the caller, not here).
+
+        Voltage channels (file unit V/mV/µV/nV, or MNE unit V when the file unit is unknown) are
+        `raw.get_data(units="uV")`; other channels (SpO2 %, a thermistor in 'n/a') keep their
+        physical values as `sleepedge.edf` reads them. Start: `raw.info["meas_date"]` (naive,
+        as an EDF header gives it)."""
+        try:
+            ch_names = list(raw.ch_names)
+            sfreq = float(raw.info["sfreq"])
+            chs = raw.info["chs"]
+        except (AttributeError, KeyError, TypeError):
+            raise ChannelError(f"{type(raw).__name__}: not an mne.io.BaseRaw (no ch_names / info['sfreq']); "
+                               "pass an MNE Raw, a path or {label: (samples, fs_hz)}") from None
+        orig = getattr(raw, "_orig_units", None) or {}
+        scale = np.ones(len(ch_names))
+        for i, (ch, info) in enumerate(zip(ch_names, chs)):
+            unit = str(orig.get(ch, "")).strip().replace("µ", "u").replace("μ", "u")
+            if unit:
+                volt = unit.lower() in ("v", "mv", "uv", "nv")
+            else:
+                volt = int(info.get("unit", 0)) == 107   # FIFF_UNIT_V
+            scale[i] = 1e6 if volt else 1.0
+        start = raw.info.get("meas_date")
+        if start is not None and getattr(start, "tzinfo", None) is not None:
+            start = start.replace(tzinfo=None)
+        fnames = getattr(raw, "filenames", None) or ()
+        label = name or (f"<mne Raw {Path(str(fnames[0])).name}>" if fnames and fnames[0] else "<mne Raw>")
+        rec = cls.__new__(cls)
+        rec.name = label
+        rec._data = {}
+        rec._raw = raw                   # read block by block (get_data(picks, start, stop)): no whole-night copy
+        rec._index = {ch: i for i, ch in enumerate(ch_names)}
+        rec._scale = {ch: float(scale[i]) for i, ch in enumerate(ch_names)}
+        n = int(raw.n_times)
+        rec.header = RecordingHeader(label, [ArraySignal(i, ch, sfreq, n) for i, ch in enumerate(ch_names)], start)
+        rec.types = dict(zip(ch_names, raw.get_channel_types()))
+        return rec
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def read(self, signal, start_s: float = 0.0, stop_s: float | None = None) -> np.ndarray:
+        """Samples of one channel on [start_s, stop_s) (as `EDFReader.read`: sample k at
+        (round(start_s*fs) + k) / fs, cut at the end of the recording)."""
+        info = self.header.signal(signal)
+        end_s = self.header.duration_s if stop_s is None else min(float(stop_s), self.header.duration_s)
+        s0, s1 = int(round(start_s * info.fs_hz)), min(int(round(end_s * info.fs_hz)), info.n_samples)
+        if s1 <= s0:
+            return np.zeros(0, dtype=np.float64)
+        if info.label not in self._data:   # an MNE Raw: this block of this channel only
+            x = self._raw.get_data(picks=[self._index[info.label]], start=s0, stop=s1)[0]
+            return np.asarray(x, dtype=np.float64) * self._scale[info.label]
+        return self._data[info.label][s0:s1].copy()
+
+    def iter_epochs(self, signals=None, n_epochs_per_block: int = 20, epoch_s: float = 30.0):
+        """(onset_s, {label: samples}) blocks of `n_epochs_per_block` epochs, cut as
+        `EDFReader.iter_epochs` cuts them."""
+        infos = [self.header.signal(s) for s in (self.header.signals if signals is None else signals)]
+        fs_max = max((i.fs_hz for i in infos), default=1.0)
+        n = max(1, min(int(n_epochs_per_block), int(self.MAX_BLOCK_SAMPLES // (float(epoch_s) * fs_max))))
+        block_s = n * float(epoch_s)
+        total = self.header.duration_s
+        k = 0
+        while k * block_s < total:
+            t0 = k * block_s
+            yield t0, {i.label: self.read(i, t0, t0 + block_s) for i in infos}
+            k += 1

@@ -32,6 +32,26 @@ Formats read by `read_scoring(path, fmt="auto")` (detected from the content, not
                  `event` (or `description`) column: a row whose event cell is filled is an
                  event row (its stage cell is not used), e.g. the simulator's truth sidecar.
     "json"       the JSON written by `write_hypnogram`.
+    "wfdb"       PhysioNet WFDB annotations of the MIT-BIH Polysomnographic Database (slpdb
+                 `<record>.st`), read with the optional `wfdb` package (`pip install
+                 'sleepedge[notebook]'`). Detected by the `.st` extension (a `<record>.hea`
+                 path reads its `.st`; any binary file with a `.hea` beside it is tried as WFDB).
+                 One annotation per 30-s epoch; its aux text is the R&K stage (W 1 2 3 4 R, MT
+                 or M = movement time) then the epoch's events. R&K -> AASM: 3 and 4 -> N3, MT/M
+                 -> IGNORE (movement is never Wake). Events (README.st of slpdb): H hypopnea,
+                 HA hypopnea + arousal, OA obstructive apnea, X obstructive apnea + arousal,
+                 CA central apnea, CAA central apnea + arousal, A arousal, LA arousal (the leg
+                 movement itself, L/LA, is not an EVENT_KIND and is skipped). ASSUMPTION (slpdb
+                 gives no event times): each event token is one event that starts at its
+                 epoch's onset and lasts the epoch (30 s); a token repeated in one epoch is as
+                 many events; an event running across an epoch boundary may be marked in both
+                 epochs, so an AHI from these events counts marked epochs per hour of sleep.
+                 Epoch k is annotation sample / (fs * 30) rounded (slpdb's first annotation is
+                 at sample 1, or later: the epochs before it are IGNORE); the start time is the
+                 `.hea` header's base date/time when present.
+
+Writers: `write_hypnogram` (TSV / CSV / JSON / EDF+) and `write_profusion_xml` (Compumedics
+Profusion XML, the NSRR `*-profusion.xml` layout, read back by the "profusion" reader).
 
 Stage intervals (EDF+, NSRR, Noxturnal, TSV) are put on the epoch grid by their midpoint: epoch k
 (covering [k*epoch_s, (k+1)*epoch_s)) takes the stage of the interval that contains its midpoint;
@@ -71,6 +91,7 @@ __all__ = [
     "read_scoring",
     "stage_code",
     "write_hypnogram",
+    "write_profusion_xml",
 ]
 
 EVENT_KINDS: tuple[str, ...] = (
@@ -82,7 +103,8 @@ EVENT_KINDS: tuple[str, ...] = (
     "arousal",
 )
 APNEA_KINDS: tuple[str, ...] = ("obstructive_apnea", "central_apnea", "mixed_apnea")
-READ_FORMATS: tuple[str, ...] = ("edf", "profusion", "nsrr", "noxturnal", "dreams", "tsv", "csv", "json")
+READ_FORMATS: tuple[str, ...] = ("edf", "profusion", "nsrr", "noxturnal", "dreams", "tsv", "csv", "json", "wfdb")
+WFDB_EXTENSIONS: tuple[str, ...] = (".st",)   # slpdb sleep stage + respiratory annotations
 WRITE_FORMATS: tuple[str, ...] = ("tsv", "csv", "json", "edf")
 
 # a scoring longer than this is a corrupt file, not a recording (guards array sizes)
@@ -376,14 +398,28 @@ def read_scoring(path: str | Path, fmt: str = "auto") -> tuple[Hypnogram, list[E
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ScoringError(f"{path}: {path.stat().st_size} bytes is too large for a scoring file "
                            f"(max {MAX_FILE_BYTES}); is it a signal file?")
+    if fmt == "auto" and path.suffix.lower() == ".hea":
+        for ext in WFDB_EXTENSIONS:   # a WFDB record's header: read its annotations
+            if path.with_suffix(ext).is_file():
+                path, fmt = path.with_suffix(ext), "wfdb"
+                break
+    if fmt == "auto" and path.suffix.lower() in WFDB_EXTENSIONS:
+        fmt = "wfdb"
     if fmt == "edf":
         return _read_edf(path)
+    if fmt == "wfdb":
+        return _read_wfdb(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ScoringError(f"{path}: cannot read ({exc.strerror}); check permissions") from None
     if fmt == "auto":
-        fmt = _detect(data, path)
+        try:
+            fmt = _detect(data, path)
+        except ScoringError:
+            if path.with_suffix(".hea").is_file() and path.suffix.lower() != ".hea":
+                return _read_wfdb(path)   # a WFDB annotator with another extension
+            raise
         if fmt == "edf":
             return _read_edf(path)
     source = str(path)
@@ -419,6 +455,85 @@ def _read_edf(path: Path) -> tuple[Hypnogram, list[Event]]:
             events.append(Event(onset, duration, kind, text))
     stages = _intervals_to_stages(intervals, EPOCH_S, source)
     return Hypnogram(stages, EPOCH_S, start, source), events
+
+
+# --------------------------------------------------------------------------- PhysioNet WFDB (slpdb)
+_WFDB_STAGES = {"W": 0, "1": 1, "2": 2, "3": 3, "4": 3, "R": 4, "MT": IGNORE, "M": IGNORE}
+_WFDB_EVENTS: dict[str, tuple[str, ...]] = {
+    "H": ("hypopnea",), "HA": ("hypopnea", "arousal"),
+    "OA": ("obstructive_apnea",), "X": ("obstructive_apnea", "arousal"),
+    "CA": ("central_apnea",), "CAA": ("central_apnea", "arousal"),
+    "A": ("arousal",), "LA": ("arousal",),
+}
+
+
+def _wfdb_start(record: str) -> datetime | None:
+    """Base date/time of a WFDB record header (`<record>.hea`), None when absent/unreadable."""
+    import wfdb
+
+    if not Path(record + ".hea").is_file():
+        return None
+    try:
+        head = wfdb.rdheader(record)
+    except Exception:  # noqa: BLE001 - a header we cannot read only costs the start time
+        return None
+    if head.base_date is not None and head.base_time is not None:
+        return datetime.combine(head.base_date, head.base_time)
+    return None
+
+
+def _read_wfdb(path: Path) -> tuple[Hypnogram, list[Event]]:
+    source = str(path)
+    try:
+        import wfdb
+    except ImportError:
+        raise ScoringError(f"{source}: reading PhysioNet WFDB annotations needs the wfdb package; "
+                           f"pip install 'sleepedge[notebook]'") from None
+    record, ext = str(path.with_suffix("")), path.suffix.lstrip(".")
+    if not ext:
+        raise ScoringError(f"{source}: a WFDB annotation file needs an annotator extension (e.g. slp01a.st)")
+    try:
+        ann = wfdb.rdann(record, ext)
+    except Exception as exc:  # noqa: BLE001 - wfdb raises ValueError/IndexError/... on a bad file
+        raise ScoringError(f"{source}: not a readable WFDB annotation file ({type(exc).__name__}: "
+                           f"{str(exc)[:80]}); expected a PhysioNet annotator such as slp01a.st") from None
+    fs = ann.fs
+    if not fs:
+        try:
+            fs = wfdb.rdheader(record).fs
+        except Exception:  # noqa: BLE001
+            fs = None
+    if not fs or not math.isfinite(float(fs)) or float(fs) <= 0:
+        raise ScoringError(f"{source}: WFDB annotations without a sampling frequency and no readable "
+                           f"{Path(record).name}.hea beside them; put the record header next to the file")
+    fs = float(fs)
+    samples = np.asarray(ann.sample, dtype=np.int64)
+    notes = list(ann.aux_note or [""] * samples.size)
+    entries: list[tuple[int, int, list[str]]] = []
+    for sample, note in zip(samples.tolist(), notes):
+        tokens = str(note or "").replace("\x00", " ").split()
+        if not tokens:
+            continue   # an annotation without aux text carries no stage (not a slpdb epoch)
+        k = int(round(sample / (fs * EPOCH_S)))
+        if k < 0 or k * EPOCH_S > MAX_SCORING_S:
+            raise ScoringError(f"{source}: annotation at sample {sample} is outside 0..{MAX_SCORING_S / 86400:g} "
+                               f"days; the file looks corrupt")
+        first = tokens[0].upper()
+        if first not in _WFDB_STAGES:
+            raise ScoringError(f"{source}: epoch {k} (sample {sample}): unknown slpdb stage {tokens[0][:12]!r} in "
+                               f"aux text {str(note)[:40]!r}; accepted W 1 2 3 4 R MT")
+        entries.append((k, _WFDB_STAGES[first], [t.upper() for t in tokens[1:]]))
+    if not entries:
+        raise ScoringError(f"{source}: no stage annotations (aux text 'W', '1'..'4', 'R', 'MT'); is it a slpdb "
+                           f"`.st` annotator?")
+    stages = np.full(max(k for k, _, _ in entries) + 1, IGNORE, dtype=np.int16)
+    events: list[Event] = []
+    for k, code, toks in entries:
+        stages[k] = code   # the later annotation of an epoch wins (as for intervals)
+        for tok in toks:
+            for kind in _WFDB_EVENTS.get(tok, ()):   # L / LL... leg movements: not an event kind
+                events.append(Event(k * EPOCH_S, EPOCH_S, kind, tok))
+    return Hypnogram(stages, EPOCH_S, _wfdb_start(record), source), events
 
 
 # --------------------------------------------------------------------------- XML
@@ -838,6 +953,60 @@ def _write_edf(path: Path, hyp: Hypnogram) -> None:
             anns.append(Annotation(float(a * hyp.epoch_s), float((b - a) * hyp.epoch_s),
                                    _EDF_STAGE_TEXT[int(s[a])]))
     write_edf(path, [], annotations=anns, start=hyp.start)
+
+
+# Profusion XML writer: stage codes and event names as Compumedics writes them (NSRR cohorts)
+_PROFUSION_CODE_OUT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 5, IGNORE: 9}
+_PROFUSION_EVENT_OUT = {
+    "obstructive_apnea": ("Obstructive Apnea", "Abdominal"),
+    "central_apnea": ("Central Apnea", "Abdominal"),
+    "mixed_apnea": ("Mixed Apnea", "Abdominal"),
+    "hypopnea": ("Hypopnea", "Abdominal"),
+    "desaturation": ("SpO2 desaturation", "SaO2"),
+    "arousal": ("Arousal (ASDA)", "C3"),
+}
+
+
+def _xml_num(x: float) -> str:
+    """Seconds as Profusion writes them (shortest repr, microsecond precision)."""
+    v = round(float(x), 6)
+    return repr(v)[:-2] if repr(v).endswith(".0") else repr(v)
+
+
+def write_profusion_xml(path: str | Path, hyp: Hypnogram, events: Iterable[Event] = ()) -> Path:
+    """Write a Compumedics Profusion XML scoring (`CMPStudyConfig`, the NSRR `*-profusion.xml`
+    layout): `<EpochLength>`, `<ScoredEvents>` (Name / Start / Duration / Input, plus
+    `<Desaturation>` for a desaturation with a known drop) and `<SleepStages>` with Profusion
+    codes 0=W 1=S1 2=S2 3=S3 5=REM 9=unscored (N3 is written as 3; IGNORE as 9). Event times
+    are seconds from epoch 0 at microsecond precision. `read_scoring` reads it back (stages
+    identical, events identical to the microsecond)."""
+    path = Path(path)
+    if not isinstance(hyp, Hypnogram):
+        raise OutputError(f"{path}: expected a Hypnogram to write, got {type(hyp).__name__}")
+    root = ET.Element("CMPStudyConfig")
+    ET.SubElement(root, "EpochLength").text = _xml_num(hyp.epoch_s)
+    scored = ET.SubElement(root, "ScoredEvents")
+    for ev in sorted(events, key=lambda e: (e.onset_s, e.kind)):
+        if not isinstance(ev, Event):
+            raise OutputError(f"{path}: events must be sleepedge.scoring.Event, got {type(ev).__name__}")
+        name, channel = _PROFUSION_EVENT_OUT[ev.kind]
+        el = ET.SubElement(scored, "ScoredEvent")
+        ET.SubElement(el, "Name").text = name
+        ET.SubElement(el, "Start").text = _xml_num(ev.onset_s)
+        ET.SubElement(el, "Duration").text = _xml_num(ev.duration_s)
+        ET.SubElement(el, "Input").text = channel
+        if ev.kind == "desaturation" and ev.drop_pct is not None:
+            ET.SubElement(el, "Desaturation").text = _xml_num(ev.drop_pct)
+    stages_el = ET.SubElement(root, "SleepStages")
+    for code in hyp.stages.tolist():
+        ET.SubElement(stages_el, "SleepStage").text = str(_PROFUSION_CODE_OUT[int(code)])
+    text = '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the Profusion XML ({exc.strerror}); check the folder exists "
+                          f"and is writable") from None
+    return path
 
 
 # --------------------------------------------------------------------------- events -> epochs
