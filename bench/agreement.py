@@ -1,4 +1,6 @@
-"""Epoch-by-epoch stage agreement (numpy only): accuracy, macro-F1, Cohen's kappa, confusion.
+"""Epoch-by-epoch stage agreement: accuracy, macro-F1, Cohen's kappa, confusion, computed by
+`sleepedge.compare` (the public API's one implementation); this module keeps the bench's dict
+layout and its tolerance of out-of-range codes.
 
 Stages 0..4 = W, N1, N2, N3, REM; anything outside 0..4 in the reference (IGNORE = -100,
 unscored) is masked out. The two sequences are aligned on their common length (tools differ
@@ -19,13 +21,6 @@ N_STAGES = 5
 YASA_TO_INT = {"W": 0, "N1": 1, "N2": 2, "N3": 3, "R": 4, "REM": 4}
 
 
-def confusion(ref: np.ndarray, pred: np.ndarray, k: int = N_STAGES) -> np.ndarray:
-    ref, pred = np.asarray(ref, np.int64), np.asarray(pred, np.int64)
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (ref, pred), 1)
-    return cm
-
-
 def align(ref: Sequence[int], pred: Sequence[int]) -> tuple[np.ndarray, np.ndarray, dict]:
     ref, pred = np.asarray(ref).astype(np.int64), np.asarray(pred).astype(np.int64)
     n = min(ref.size, pred.size)
@@ -37,24 +32,20 @@ def align(ref: Sequence[int], pred: Sequence[int]) -> tuple[np.ndarray, np.ndarr
 
 
 def agreement(ref: Sequence[int], pred: Sequence[int]) -> dict:
-    r, p, info = align(ref, pred)
-    if r.size == 0:
+    """`sleepedge.compare` (the ONE implementation of these metrics) in this bench's dict layout."""
+    from sleepedge.api import compare
+
+    def codes(x):
+        x = np.asarray(x).astype(np.int64)
+        return np.where((x >= 0) & (x < N_STAGES), x, -100)   # anything else: not scored
+
+    r, p = codes(ref), codes(pred)
+    a = compare(r, p)
+    info = {"n_ref": int(r.size), "n_pred": int(p.size), "n_scored": a.n_epochs}
+    if a.n_epochs == 0:
         return {**info, "accuracy": None, "macro_f1": None, "kappa": None}
-    cm = confusion(r, p)
-    n = cm.sum()
-    acc = float(np.trace(cm) / n)
-    tp = np.diag(cm).astype(float)
-    prec_den, rec_den = cm.sum(0).astype(float), cm.sum(1).astype(float)
-    f1 = np.zeros(N_STAGES)
-    for k in range(N_STAGES):
-        d = prec_den[k] + rec_den[k]
-        f1[k] = 2 * tp[k] / d if d > 0 else 0.0
-    classes = rec_den > 0  # macro over stages present in the reference
-    macro_f1 = float(f1[classes].mean()) if classes.any() else None
-    pe = float((prec_den * rec_den).sum() / (n * n))
-    kappa = float((acc - pe) / (1 - pe)) if pe < 1 else None   # undefined when one class only
-    return {**info, "accuracy": acc, "macro_f1": macro_f1, "kappa": kappa,
-            "f1_per_stage": [float(x) for x in f1], "confusion": cm.tolist()}
+    return {**info, "accuracy": a.accuracy, "macro_f1": a.macro_f1, "kappa": a.kappa,
+            "f1_per_stage": [a.f1[s] for s in ("W", "N1", "N2", "N3", "REM")], "confusion": a.confusion.tolist()}
 
 
 def yasa_labels_to_int(labels: Sequence[str]) -> np.ndarray:
