@@ -370,7 +370,7 @@ def assemble(out: Path) -> Path:
 # ------------------------------------------------------------------------------- the cluster
 def _start_cluster(workers: int | None, scheduler: str | None):
     """(client, cluster-or-None). Default: a LocalCluster on 127.0.0.1, one single-threaded worker
-    process per core, dashboard off."""
+    process per core, dashboard on loopback only."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -384,8 +384,10 @@ def _start_cluster(workers: int | None, scheduler: str | None):
     n = int(workers or os.cpu_count() or 1)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")   # worker processes inherit: one thread each, one worker per core
+    # everything on loopback: scheduler, workers, nannies, and the scheduler's HTTP server (the
+    # dashboard when bokeh is installed) on a free port (None would still serve on :8787)
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     client = Client(cluster)
     return client, cluster
 
