@@ -221,18 +221,22 @@ class Night:
 
     @property
     def stage_codes(self) -> np.ndarray:
+        """int16 per epoch: 0..4 = W, N1, N2, N3, REM."""
         return self.result.stages
 
     @property
     def stages(self) -> np.ndarray:
+        """Stage label per epoch: 'W', 'N1', 'N2', 'N3', 'REM'."""
         return np.array([STAGES[int(s)] for s in self.result.stages], dtype="<U3")
 
     @property
     def proba(self) -> np.ndarray:
+        """Stage probabilities (n_epochs, 5): p(W), p(N1), p(N2), p(N3), p(REM)."""
         return self.result.probs
 
     @property
     def onsets(self) -> np.ndarray:
+        """Epoch onsets, seconds from the recording start."""
         return np.array([e.onset_s for e in self.result.epochs], dtype=np.float64)
 
     def _resp(self, attr: str) -> np.ndarray | None:
@@ -244,10 +248,12 @@ class Night:
 
     @property
     def p_apnea(self) -> np.ndarray | None:
+        """Per-epoch apnea probability, or None when not reported (see `respiratory_reason`)."""
         return self._resp("p_apnea")
 
     @property
     def p_hypopnea(self) -> np.ndarray | None:
+        """Per-epoch hypopnea probability, or None when not reported (see `respiratory_reason`)."""
         return self._resp("p_hypopnea")
 
     @property
@@ -260,6 +266,7 @@ class Night:
 
     @property
     def quality(self) -> np.ndarray:
+        """Per-epoch quality: 'ok' or 'ROLE:flag,...;...' (the TSV's quality column)."""
         return np.array([e.quality_str() for e in self.result.epochs], dtype=object)
 
     # ---- night-level
@@ -274,42 +281,52 @@ class Night:
 
     @property
     def stats(self) -> dict:
+        """The AASM summary of the predicted hypnogram (`sleepedge.stats.sleep_stats`, as in the CLI's JSON)."""
         return dict(self.report()["sleep_stats"])
 
     @property
     def ahi(self) -> float | None:
+        """The CLI's coarse AHI estimate (events per hour of predicted sleep), None when not reported."""
         return self.report()["ahi_estimate"]["value"]
 
     @property
     def model(self) -> dict:
+        """The bundle's manifest summary: name, family, modalities, training data, simulated, tasks, heads."""
         return dict(self.result.manifest_summary)
 
     @property
     def hypnogram(self) -> Hypnogram:
+        """The predicted stages as a `sleepedge.scoring.Hypnogram` (30-s epochs, start, source)."""
         return Hypnogram(self.result.stages, EPOCH_S, self.result.start, self.result.source)
 
     @property
     def start(self) -> datetime | None:
+        """Recording start (EDF header / MNE meas_date), None when unknown."""
         return self.result.start
 
     @property
     def source(self) -> str:
+        """The recording: its path, '<mne Raw NAME>' or '<arrays>'."""
         return self.result.source
 
     @property
     def roles_used(self) -> dict[str, str]:
+        """Role -> channel label the model read."""
         return dict(self.result.roles_used)
 
     @property
     def missing_roles(self) -> list[str]:
+        """Roles the model takes that the recording lacks (presence mask 0)."""
         return list(self.result.missing_roles)
 
     @property
     def notice(self) -> str:
+        """The simulated-model notice ('' for a model trained on real nights)."""
         return self.result.notice
 
     @property
     def warnings(self) -> list[str]:
+        """Quirks tolerated while reading, unusable channels."""
         return list(self.result.warnings)
 
     def __repr__(self) -> str:
