@@ -68,6 +68,7 @@ import json
 import math
 import re
 import unicodedata
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime
@@ -474,7 +475,9 @@ def _wfdb_start(record: str) -> datetime | None:
     if not Path(record + ".hea").is_file():
         return None
     try:
-        head = wfdb.rdheader(record)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"wfdb(\..*)?")
+            head = wfdb.rdheader(record)
     except Exception:  # noqa: BLE001 - a header we cannot read only costs the start time
         return None
     if head.base_date is not None and head.base_time is not None:
@@ -493,7 +496,9 @@ def _read_wfdb(path: Path) -> tuple[Hypnogram, list[Event]]:
     if not ext:
         raise ScoringError(f"{source}: a WFDB annotation file needs an annotator extension (e.g. slp01a.st)")
     try:
-        ann = wfdb.rdann(record, ext)
+        with warnings.catch_warnings():   # wfdb's own deprecation notices about pandas are not the user's concern
+            warnings.filterwarnings("ignore", module=r"wfdb(\..*)?")
+            ann = wfdb.rdann(record, ext)
     except Exception as exc:  # noqa: BLE001 - wfdb raises ValueError/IndexError/... on a bad file
         raise ScoringError(f"{source}: not a readable WFDB annotation file ({type(exc).__name__}: "
                            f"{str(exc)[:80]}); expected a PhysioNet annotator such as slp01a.st") from None
@@ -986,9 +991,11 @@ def write_profusion_xml(path: str | Path, hyp: Hypnogram, events: Iterable[Event
     root = ET.Element("CMPStudyConfig")
     ET.SubElement(root, "EpochLength").text = _xml_num(hyp.epoch_s)
     scored = ET.SubElement(root, "ScoredEvents")
-    for ev in sorted(events, key=lambda e: (e.onset_s, e.kind)):
+    events = list(events)
+    for ev in events:
         if not isinstance(ev, Event):
             raise OutputError(f"{path}: events must be sleepedge.scoring.Event, got {type(ev).__name__}")
+    for ev in sorted(events, key=lambda e: (e.onset_s, e.kind)):
         name, channel = _PROFUSION_EVENT_OUT[ev.kind]
         el = ET.SubElement(scored, "ScoredEvent")
         ET.SubElement(el, "Name").text = name
