@@ -496,8 +496,9 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
 
             bar = _Bar(len(recordings), quiet, console)
             bar.update(counts)
-            futures = {client.submit(score_night_task, job, key=f"sleepedge-night-{i}-{os.urandom(4).hex()}",
-                                     pure=False, retries=1): job for i, job in enumerate(jobs)}
+            # task key: the night's output stem (what the dashboard and client.processing() show)
+            futures = {client.submit(score_night_task, job, key=f"{job['stem']}-{os.urandom(4).hex()}",
+                                     pure=False, retries=1): job for job in jobs}
             for fut in as_completed(futures):
                 job = futures[fut]
                 try:

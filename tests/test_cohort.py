@@ -177,7 +177,9 @@ def test_worker_killed_mid_night_is_retried_elsewhere(nights, client, tmp_path):
     rows = _rows(out)
     assert len(rows) == 6 and rows.night.is_unique and (rows.status == "ok").all()
     assert set(rows.name) == {f.name for f in files}
-    assert killed[0] not in set(rows.pid)                 # the killed process finished no night
+    in_flight = {k.rsplit("-", 1)[0] for k in killed[1]}   # task key: "<stem>-<random>"
+    assert in_flight and in_flight <= set(rows.stem)
+    assert killed[0] not in set(rows[rows.stem.isin(in_flight)].pid)   # finished by another worker process
     ep = pd.read_parquet(out / cohort.EPOCHS)
     assert len(ep) == 6 * 60 and not ep.duplicated(["night", "epoch"]).any()
     for f in files:                                       # the retried nights' files are whole
