@@ -363,7 +363,7 @@ class ArrayRecording:
         Voltage channels (file unit V/mV/µV/nV, or MNE unit V when the file unit is unknown) are
         `raw.get_data(units="uV")`; other channels (SpO2 %, a thermistor in 'n/a') keep their
         physical values as `sleepedge.edf` reads them. Start: `raw.info["meas_date"]` (naive,
-        as an EDF header gives it)."""
+        as an EDF header gives it). Channels in `raw.info["bads"]` are left out."""
         try:
             ch_names = list(raw.ch_names)
             sfreq = float(raw.info["sfreq"])
@@ -392,7 +392,9 @@ class ArrayRecording:
         rec._index = {ch: i for i, ch in enumerate(ch_names)}
         rec._scale = {ch: float(scale[i]) for i, ch in enumerate(ch_names)}
         n = int(raw.n_times)
-        rec.header = RecordingHeader(label, [ArraySignal(i, ch, sfreq, n) for i, ch in enumerate(ch_names)], start)
+        bads = set(raw.info.get("bads") or ())   # channels marked bad in MNE are not used (named in the warnings)
+        rec.header = RecordingHeader(label, [ArraySignal(i, ch, sfreq, n) for i, ch in enumerate(ch_names) if ch not in bads],
+                                     start, [f"{ch}: marked bad in raw.info['bads'], not used" for ch in ch_names if ch in bads])
         rec.types = dict(zip(ch_names, raw.get_channel_types()))
         return rec
 

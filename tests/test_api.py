@@ -4,6 +4,7 @@ errors for bad input and missing optional libraries; a light `import sleepedge`.
 
 from __future__ import annotations
 
+import os
 import pydoc
 import subprocess
 import sys
@@ -113,6 +114,10 @@ def test_mne_raw_array_uses_channel_types_and_volts():
     assert night.roles_used == {"EEG": "ch1", "EOG": "ch2"}
     ref = sleepedge.score({"EEG Fpz-Cz": (data[0], 100.0), "EOG horizontal": (data[1], 100.0)})
     assert list(night.stages) == list(ref.stages) and np.abs(night.proba - ref.proba).max() < 1e-5
+    raw = mne.io.RawArray(data * 1e-6, info, verbose="error")
+    raw.info["bads"] = ["ch2"]                                       # MNE's bad channels are not used
+    eeg_only = sleepedge.score(raw)
+    assert eeg_only.roles_used == {"EEG": "ch1"} and any("ch2" in w for w in eeg_only.warnings)
 
 
 def test_channels_override_as_the_cli(edf, by_path):
@@ -193,6 +198,26 @@ def test_stream_matches_score(edf, by_path):
     with pytest.raises(SleepEdgeError) as ex:
         list(sleepedge.stream([{"EEG": eeg[:100]}]))
     assert "rates=" in _one_line(ex.value)
+
+
+@pytest.mark.lsl
+def test_stream_from_an_lsl_inlet(tmp_path):
+    """`stream("lsl:NAME")` against a real LSL outlet on 127.0.0.1 (tests.test_lsl's sender)."""
+    pytest.importorskip("pylsl")
+    from tests.test_lsl import LSLCFG, OUTLET
+
+    env = dict(os.environ, LSLAPICFG=LSLCFG, OUTLET_LINGER_S="1")
+    os.environ["LSLAPICFG"] = LSLCFG
+    name = f"sleepedge-api-{os.getpid()}"
+    outlet = subprocess.Popen([sys.executable, "-c", OUTLET, name, "3", "1000", "0"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        results = list(sleepedge.stream(f"lsl:{name}", timeout_s=10))
+    finally:
+        outlet.kill()
+        outlet.wait(timeout=10)
+    assert [r.index for r in results] == [0, 1, 2]
+    assert all(abs(sum(r.probs) - 1) < 1e-6 and r.quality_str() == "ok" for r in results)
 
 
 # ----------------------------------------------------------------------------- compare
