@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -56,6 +57,8 @@ EDF_STAGE_TEXT = {"W": "Sleep stage W", "N1": "Sleep stage N1", "N2": "Sleep sta
                   "N3": "Sleep stage N3", "REM": "Sleep stage R"}
 EVENT_P = 0.5
 REWRITE_FRACTION = 100   # periodic EDF+/JSON rewrites at least len(epochs) // 100 epochs apart (linear total cost)
+REWRITE_MIN_S = 2.0       # ... and at least 2 s of wall time apart (a fast replay: a few snapshots, not hundreds;
+                          # the TSV/CSV rows, fsynced per epoch, are what a crash keeps and --resume reads)
 NA = "n/a"   # BIDS: a value that is not available
 COLUMN_DOC = {  # BIDS sidecar style descriptions of the TSV/CSV columns
     "onset": "epoch start, seconds from the recording start",
@@ -477,6 +480,7 @@ class NightWriter:
         self.epochs: list = []
         self.night = None
         self._since_rewrite = 0
+        self._last_rewrite = -float("inf")
 
     @property
     def n_existing(self) -> int:
@@ -487,9 +491,11 @@ class NightWriter:
         for sink in self.lines:
             sink.write(res)
         self._since_rewrite += 1
-        if night_factory is not None and self._since_rewrite >= max(self.every, len(self.epochs) // REWRITE_FRACTION):
+        if (night_factory is not None and self._since_rewrite >= max(self.every, len(self.epochs) // REWRITE_FRACTION)
+                and time.monotonic() - self._last_rewrite >= REWRITE_MIN_S):
             self._since_rewrite = 0
             self._rewrite(night_factory(self.epochs), final=False)
+            self._last_rewrite = time.monotonic()
 
     def _rewrite(self, night, final: bool, png: bool = False) -> None:
         if "edf" in self.formats:

@@ -43,6 +43,12 @@ class Chunk:
     t_s: float = 0.0                 # signal time of the chunk's first sample (s from start)
 
 
+def _gap_index(gaps) -> tuple[list[float], list[float]]:
+    """(onset_s, duration_s) gaps -> (sorted starts, running max of their ends) for `_chunk_spans`."""
+    spans = sorted((a, a + d) for a, d in gaps)
+    return [a for a, _ in spans], list(itertools.accumulate((b for _, b in spans), max))
+
+
 def _chunk_spans(onset_s: float, block_s: float, chunk_s: float, gaps) -> list[tuple[float, float]]:
     """Chunk [a, b) offsets of a block starting at `onset_s`: `chunk_s` each, except that chunks
     lying wholly inside an EDF+D gap (NaN samples, no data arrives live either) are merged into one:
@@ -98,8 +104,7 @@ class EDFReplaySource:
 
     def __iter__(self) -> Iterator[Chunk]:
         label_role = {lab: r for r, lab in self.labels.items()}
-        spans = sorted((a, a + d) for a, d in (getattr(self.header, "gaps", None) or []))
-        gaps = ([a for a, _ in spans], list(itertools.accumulate((b for _, b in spans), max)))
+        gaps = _gap_index(getattr(self.header, "gaps", None) or [])
         t_wall0 = time.monotonic()
         expected = 0.0
         try:

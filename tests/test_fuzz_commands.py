@@ -537,6 +537,41 @@ def test_fuzz_stream(env):
     _assert_clean(stats, N_CASES)
 
 
+def test_stream_of_a_day_of_declared_gaps_is_fast(env):
+    """Long-run finds (10,000 mutants, seed 14_003): a corrupted time-keeping TAL declares ~28 h of
+    EDF+D gap after 35 s of data; `stream --speed 0` pushed it as 100,000 one-second NaN chunks
+    (15-22 s, over the 10-s cap). Chunks wholly inside a gap are now merged (same rows: test_stream)."""
+    wanted = {6316, 9618}
+    found = [(k, name, raw, kinds) for k, name, raw, kinds in _mutants(env, 14_003, max(wanted) + 1) if k in wanted]
+    assert [k for k, *_ in found] == sorted(wanted)
+    mp = _cached_model(env)
+    try:
+        for k, name, raw, kinds in found:
+            case = env["tmp"] / "gaps.edf"
+            case.write_bytes(raw)
+            out = env["tmp"] / "gaps-out"
+            shutil.rmtree(out, ignore_errors=True)
+            stats = Stats("stream (declared gaps)")
+            outcome = _run(env, ["stream", "--edf", str(case), "--speed", "0", "-o", str(out), "-f",
+                                 "tsv,csv,edf,json", "-q"], stats, kinds, f"#{k} {name}", [])
+            print(f"\n#{k} {name} {kinds}: {stats.slowest[0]:.2f} s")
+            assert outcome == "data" and stats.slowest[0] < CASE_CAP_S, stats.report()
+            assert len((out / "gaps.sleepedge.tsv").read_text().splitlines()) > 3000   # ~28 h of epochs
+    finally:
+        mp.undo()
+
+
+def test_replay_chunks_inside_gaps_are_merged():
+    from runtime.sources import _chunk_spans, _gap_index
+
+    assert _chunk_spans(0.0, 5.0, 1.0, _gap_index([])) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    gaps = _gap_index([(1.5, 2.5)])   # gap [1.5, 4.0): only chunks [2, 3) and [3, 4) lie wholly inside
+    assert _chunk_spans(0.0, 5.0, 1.0, gaps) == [(0, 1), (1, 2), (2, 4), (4, 5)]
+    assert _chunk_spans(100.0, 120.0, 1.0, _gap_index([(50.0, 1e9)])) == [(0, 120.0)]   # inside one long gap
+    # unsorted, nested gaps: [0, 3) holds [0.5, 1): chunks [0, 1), [1, 2), [2, 3) merge
+    assert _chunk_spans(0.0, 4.0, 1.0, _gap_index([(0.5, 0.5), (0.0, 3.0)])) == [(0, 3), (3, 4)]
+
+
 # ---------------------------------------------------------------------------------------------
 # bundles
 

@@ -397,12 +397,14 @@ def test_pipelined_offline_scoring_equals_sequential(bundle, night_edf):
         scorer_mod.StreamingScorer.preprocess = orig
 
 
-def test_periodic_rewrites_keep_a_long_stream_linear(tmp_path):
+def test_periodic_rewrites_keep_a_long_stream_linear(tmp_path, monkeypatch):
     """EDF+/JSON rewrites come every `every` epochs, and every 1 % of the epochs so far once that
     is more: a 72-h stream (8,640 epochs) does ~250 rewrites instead of 432 (each costs O(epochs)),
     and beyond 2,000 epochs their number grows with log(epochs): total cost linear."""
+    import runtime.sinks
     from runtime.sinks import NightWriter
 
+    monkeypatch.setattr(runtime.sinks, "REWRITE_MIN_S", 0.0)   # the epoch rule alone (wall-time rule: below)
     w = NightWriter(tmp_path, "s", ["tsv"], every=20)
     at = []
     w._rewrite = lambda night, final, png=False: at.append(len(w.epochs))
@@ -412,3 +414,24 @@ def test_periodic_rewrites_keep_a_long_stream_linear(tmp_path):
     assert at[:3] == [20, 40, 60] and all(b - a == 20 for a, b in zip(at, at[1:]) if b <= 2000)
     assert all(b - a >= a // 100 for a, b in zip(at, at[1:]))
     assert len(at) < 260 and 8640 - at[-1] < 8640 // 100 + 1
+
+
+def test_periodic_rewrites_are_at_least_min_seconds_apart(tmp_path, monkeypatch):
+    """A fast replay (`--speed 0`) scores thousands of epochs a second: its EDF+/JSON snapshots are
+    also REWRITE_MIN_S of wall time apart (the TSV/CSV, fsynced per epoch, are what a crash keeps)."""
+    import runtime.sinks
+    from runtime.sinks import NightWriter
+
+    clock = [0.0]
+    monkeypatch.setattr(runtime.sinks.time, "monotonic", lambda: clock[0])
+    w = NightWriter(tmp_path, "s", ["tsv"], every=20)
+    at = []
+    w._rewrite = lambda night, final, png=False: at.append((len(w.epochs), clock[0]))
+    for i in range(2000):
+        clock[0] = i * 0.05                 # 20 epochs a second
+        w.add(_result(i, 2), lambda eps: None)
+    w.close()
+    assert at[0][0] == 20                   # the first snapshot at once
+    assert all(b[1] - a[1] >= runtime.sinks.REWRITE_MIN_S for a, b in zip(at, at[1:]))
+    assert all(b[0] - a[0] >= 20 for a, b in zip(at, at[1:]))
+    assert 40 <= len(at) <= 51              # 100 s of wall time / 2 s

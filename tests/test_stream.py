@@ -75,6 +75,37 @@ def test_stream_rejects_bad_source_choice(bundle_dir, short_edf, tmp_path):
     assert r.exit_code != 0 and "--resume needs a replayable source" in str(r.exception)
 
 
+def test_replay_merges_chunks_inside_edf_plus_d_gaps_rows_unchanged(bundle_dir, tmp_path, monkeypatch):
+    """An EDF+D with a 1-h hole: chunks wholly inside the gap are pushed merged (a day of declared gap
+    is a few pushes, not 86,400); the rows are exactly those of one-second chunks everywhere."""
+    import runtime.sources as sources
+    from tests.test_edf import _patch_onsets
+
+    edf = write_test_edf(tmp_path / "d.edf", minutes=4, seed=3)     # 240 records of 1 s
+    _patch_onsets(edf, [float(r) if r < 120 else 3600.0 + r for r in range(240)])
+    calls = []
+    orig = sources._chunk_spans
+
+    def spy(*a):
+        calls.append(len(orig(*a)))
+        return orig(*a)
+
+    rows = {}
+    for merged in (True, False):
+        with monkeypatch.context() as m:
+            m.setattr(sources, "_chunk_spans", spy if merged else (lambda o, b, c, g: orig(o, b, c, ([], []))))
+            r = runner.invoke(app, ["stream", "--edf", str(edf), "--speed", "0", "--model", str(bundle_dir),
+                                    "--out", str(tmp_path / f"o{merged}"), "--format", "tsv", "-q"])
+        assert r.exit_code == 0, r.output
+        rows[merged] = (tmp_path / f"o{merged}" / "d.sleepedge.tsv").read_text()
+    assert rows[True] == rows[False]
+    table = [ln.split("\t") for ln in rows[True].splitlines()[1:]]
+    assert len(table) == (3600 + 240) // 30
+    gap_epochs = [i for i, row in enumerate(table) if "gap" in row[-1]]
+    assert gap_epochs == list(range(4, 124))     # [120 s, 3720 s)
+    assert sum(calls) < 400          # 3,840 s of signal: ~240 data chunks + a few merged gap chunks
+
+
 def _stream_cmd(edf, bundle_dir, out, *extra):
     return [sys.executable, "-m", "sleepedge", "stream", "--edf", str(edf), "--model", str(bundle_dir),
             "--out", str(out), "--format", "tsv,csv,edf,json", "-q", *extra]
