@@ -148,13 +148,14 @@ def _type_overrides(rec, overrides: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def score(recording, *, model=None, channels=None, device: str = "auto", threads: int | None = None) -> "Night":
+def score(recording, *, model=None, channels=None, device: str = "auto", threads: int | None = None) -> Night:
     """Score a whole recording; returns a `Night`.
 
     recording: an EDF/EDF+ path; an `mne.io.BaseRaw` (its channel names, MNE channel types,
         sampling rate and measurement date are used; voltage channels via
         `raw.get_data(units="uV")`); or a mapping `{label: (samples, fs_hz)}` (µV, SpO2 in %;
-        rates may differ per channel). Labels are mapped to roles (EEG, EOG, EMG, ECG, RESP,
+        rates may differ per channel). A BDF: `mne.io.read_raw_bdf(path)` and pass the Raw
+        (the core reads EDF/EDF+ only). Labels are mapped to roles (EEG, EOG, EMG, ECG, RESP,
         SPO2) by the same alias table as the CLI.
     model: None (the embedded default, trained on real Sleep-EDF-78 nights), an embedded name
         ('synthsleepnet-tiny-sim'), a bundle path or a loaded Bundle.
