@@ -72,7 +72,12 @@ def _model(model, device: str, threads: int | None):
     path = resolve_model(model)
     if model is None and not path.exists():
         raise BundleError(f"no default model at {path}; pass model=BUNDLE")
-    key = (str(Path(path).resolve()), device, threads)
+    stamp = Path(path) / "manifest.json" if Path(path).is_dir() else Path(path)
+    try:
+        mtime = stamp.stat().st_mtime_ns      # a bundle re-exported to the same path is loaded again
+    except OSError:
+        mtime = None
+    key = (str(Path(path).resolve()), mtime, device, threads)
     if key not in _ENGINES:
         bundle = load_bundle(path)
         if len(_ENGINES) >= 4:
@@ -490,7 +495,13 @@ def stream(source, model=None, *, channels=None, device: str = "auto", threads: 
     else:
         src = None
     if src is not None:
-        scorer = StreamingScorer(bundle, src.rates_hz, engine, labels=getattr(src, "labels", None))
+        try:
+            scorer = StreamingScorer(bundle, src.rates_hz, engine, labels=getattr(src, "labels", None))
+        except SleepEdgeError:
+            close = getattr(src, "close", None)
+            if close is not None and src is not source:
+                close()
+            raise
         if hasattr(src, "select"):
             src.select(scorer.pre.roles)
         for onset, dur in getattr(getattr(src, "header", None), "gaps", []) or []:
@@ -593,8 +604,8 @@ def _as_hypnogram(x, name: str) -> Hypnogram:
     if arr.ndim != 1:
         raise ScoringError(f"compare: {name} is {type(x).__name__}; expected a Hypnogram, a Night, a scoring path, "
                            "or a 1-D array of stage codes (0..4, -100) or labels")
-    if arr.dtype.kind in "iu":
-        return Hypnogram(arr, EPOCH_S, None, name)
+    if arr.dtype.kind in "iu":   # YASA's integers: -1 artefact, -2 unscored -> IGNORE
+        return Hypnogram(np.where(np.isin(arr, (-1, -2)), IGNORE, arr), EPOCH_S, None, name)
     if arr.dtype.kind == "f":
         return Hypnogram(np.where(np.isnan(arr), IGNORE, arr), EPOCH_S, None, name)
     aliases = {"WAKE": 0, "UNS": IGNORE, "ART": IGNORE}
@@ -615,7 +626,7 @@ def compare(a, b) -> Agreement:
 
     a, b: `Hypnogram`s, `Night`s, scoring file paths (read with `read_scoring`), the
     `(Hypnogram, events)` pair it returns, `yasa.Hypnogram`s, or 1-D arrays of stage codes
-    (0..4 = W..REM, -100 unscored) or labels ('W', 'N1', 'REM', 'R', 'WAKE', ...).
+    (0..4 = W..REM; -100, or YASA's -1/-2, unscored) or labels ('W', 'N1', 'REM', 'R', 'WAKE', ...).
     Aligned by epoch: both must have the same epoch length (else a one-line ScoringError);
     when both know their start time, `b` is shifted by the whole number of epochs between the
     starts; then the common epochs are compared. Epochs unscored in either (IGNORE: '?',
