@@ -105,6 +105,23 @@ def test_mapping_with_mixed_rates_equals_the_edf(tmp_path):
     assert list(a.stages) == list(b.stages) and np.array_equal(a.proba, b.proba)
 
 
+REAL = ROOT.parent / "shared" / "data" / "sleep-edf" / "SC4001E0-PSG.edf"
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"{REAL} not available (the real Sleep-EDF night)")
+@pytest.mark.filterwarnings("ignore:.*read leniently")   # the known 1-byte quirk of this file
+def test_real_night_first_hours_raw_equals_arrays():
+    """MNE's reading of the real (1-byte-too-long) file == sleepedge's reader, through score()."""
+    mne = pytest.importorskip("mne")
+    from sleepedge.edf import open_edf
+
+    raw = mne.io.read_raw_edf(REAL, verbose="error").crop(0, 3 * 3600, include_tmax=False)
+    with open_edf(REAL) as r:
+        arrays = {s.label: (r.read(s.label, 0, 3 * 3600), s.fs_hz) for s in r.header.signals}
+    a, b = sleepedge.score(raw), sleepedge.score(arrays)
+    assert len(a) == 360 and list(a.stages) == list(b.stages) and np.abs(a.proba - b.proba).max() < 1e-6
+
+
 def test_mne_raw_array_uses_channel_types_and_volts():
     mne = pytest.importorskip("mne")
     sig = signals_for(8, seed=4, rates={"EEG Fpz-Cz": 100.0, "EOG horizontal": 100.0})
@@ -168,13 +185,12 @@ def test_night_fields_and_converters(edf, by_path):
 
 
 def test_respiratory_heads_reported_with_the_sim_bundle():
-    """The six-role simulated bundle on a simulated night with airflow + SpO2: p_apnea/p_hypopnea
-    are arrays, the AHI estimate is reported, the figure has the apnea panel."""
-    from sleepedge.simulate import simulate_night
-
-    sim = simulate_night(hours=0.25, seed=3, ahi=30)
-    night = sleepedge.score({lab: (x, sim.rates_hz[lab]) for lab, x in sim.signals.items()},
-                            model="synthsleepnet-tiny-sim", threads=1)
+    """The six-role simulated bundle on a recording with airflow >= 10 Hz + SpO2 >= 1 Hz:
+    p_apnea/p_hypopnea are arrays, the AHI estimate is reported, the figure has the apnea panel."""
+    rates = {"C4-M1": 100.0, "E1-M2": 100.0, "Chin EMG": 100.0, "ECG II": 100.0, "Airflow": 25.0}
+    sig = {lab: (x, fs) for lab, (fs, x) in signals_for(10, seed=6, rates=rates).items()}
+    sig["SpO2"] = (95 + np.random.default_rng(0).normal(0, 0.5, 600), 1.0)
+    night = sleepedge.score(sig, model="synthsleepnet-tiny-sim", threads=1)
     assert night.p_apnea is not None and night.p_apnea.shape == (len(night),)
     assert np.all((night.p_hypopnea >= 0) & (night.p_hypopnea <= 1))
     assert night.report()["ahi_estimate"]["reported"] is True and night.respiratory_reason == ""

@@ -27,6 +27,7 @@ def test_block_is_ten_lines_or_so():
 
 
 @pytest.mark.skipif(not NIGHT.is_file(), reason=f"{NIGHT} not available (the real Sleep-EDF night)")
+@pytest.mark.filterwarnings("ignore:.*read leniently")   # the known 1-byte quirk of this file
 def test_readme_python_example_runs(monkeypatch, capsys):
     pytest.importorskip("mne")
     import matplotlib
@@ -47,3 +48,11 @@ def test_readme_python_example_runs(monkeypatch, capsys):
     assert isinstance(ns["fig"], Figure)
     assert len(ns["raw"].annotations) > 10
     assert wall < 60, f"README example took {wall:.1f} s"
+    # the same night by path (the CLI's reader): identical stages and probabilities
+    import numpy as np
+
+    import sleepedge
+
+    by_path = sleepedge.score(NIGHT)
+    assert list(by_path.stages) == list(night.stages)
+    assert np.abs(by_path.proba - night.proba).max() < 1e-6
