@@ -44,12 +44,12 @@ NOTEBOOK_EXTRA = "pip install 'sleepedge[notebook]'"
 _MNE_TYPE_ROLE = {"eeg": "EEG", "eog": "EOG", "emg": "EMG", "ecg": "ECG", "resp": "RESP"}
 
 
-def _need(module: str, what: str):
+def _need(module: str, what: str, extra: str = "notebook"):
     """Import an optional library or raise ONE line naming the extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise SleepEdgeError(f"{what} needs {module}, which is not installed; {NOTEBOOK_EXTRA}") from None
+        raise SleepEdgeError(f"{what} needs {module}, which is not installed; pip install 'sleepedge[{extra}]'") from None
 
 
 # --------------------------------------------------------------------------- models
@@ -486,7 +486,7 @@ def stream(source, model=None, *, channels=None, device: str = "auto", threads: 
     overrides = _overrides(channels)
     bundle, engine = _model(model, device, threads)
     if isinstance(source, str) and source.startswith("lsl:"):
-        _need("pylsl", "stream('lsl:NAME')")
+        _need("pylsl", "stream('lsl:NAME')", extra="lsl")
         src = LSLSource(source[4:], overrides, timeout_s=timeout_s, chunk_s=chunk_s)
     elif isinstance(source, (str, os.PathLike)):
         src = EDFReplaySource(Path(source), overrides, speed=speed, chunk_s=chunk_s)

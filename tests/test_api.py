@@ -312,6 +312,13 @@ def test_missing_optional_library_is_one_line(monkeypatch, by_path, module, call
     assert module in text and "pip install 'sleepedge[notebook]'" in text
 
 
+def test_missing_pylsl_names_the_lsl_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pylsl", None)
+    with pytest.raises(SleepEdgeError) as ex:
+        sleepedge.stream("lsl:nobody")
+    assert "pip install 'sleepedge[lsl]'" in _one_line(ex.value)
+
+
 def test_notebook_extra_lists_the_converters_libraries():
     import tomllib
 
