@@ -224,9 +224,28 @@ def _night_columns(night) -> dict:
 _WORKER_MODELS: dict = {}   # per worker process: (bundle path, model hash, device) -> (bundle, engine)
 
 
+def _tune_malloc() -> None:
+    """Undo, in this worker process, Dask's default MALLOC_TRIM_THRESHOLD_=65536 (set by nannies on
+    every cluster): it pins glibc's mmap threshold at 128 KiB, so every epoch block's numpy arrays
+    are mmapped and unmapped again. Measured on 12 one-hour nights in one process: 516k minor page
+    faults and 1.5 s system time with it, 49k and 0.34 s after this call (66k / 0.36 s without the
+    variable); Dask workers scored a night ~2x slower. glibc only (elsewhere a no-op)."""
+    if not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)    # M_MMAP_THRESHOLD: arrays below 32 MiB from the heap (glibc's dynamic max)
+        libc.mallopt(-1, 128 << 20)   # M_TRIM_THRESHOLD: give memory back above 128 MiB of free heap top
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_model(model_path: str, model_sha: str, device: str):
     key = (model_path, model_sha, device)
     if key not in _WORKER_MODELS:
+        _tune_malloc()
         from runtime.session import make_sessions
         from sleepedge.bundle import load_bundle
 
@@ -373,6 +392,7 @@ def _start_cluster(workers: int | None, scheduler: str | None):
     process per core, dashboard on loopback only."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -386,8 +406,9 @@ def _start_cluster(workers: int | None, scheduler: str | None):
         os.environ.setdefault(var, "1")   # worker processes inherit: one thread each, one worker per core
     # everything on loopback: scheduler, workers, nannies, and the scheduler's HTTP server (the
     # dashboard when bokeh is installed) on a free port (None would still serve on :8787)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):  # see _tune_malloc
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     client = Client(cluster)
     return client, cluster
 
