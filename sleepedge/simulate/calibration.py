@@ -3,14 +3,18 @@
 Run once (``python -c "from sleepedge.simulate.calibration import calibrate; calibrate()"``); the package then works
 without ``../shared``. Outputs in ``sleepedge/simulate/params/``:
 
-- ``hypnogram_model.json``  semi-Markov stage model fitted on the 20 Sleep-EDF-20 hypnograms:
+- ``hypnogram_model.json``  semi-Markov stage model fitted on the 18 Sleep-EDF-20 hypnograms that
+  are not subject 0:
   stage-to-stage transition counts per hour of the night, bout lengths (epochs of 30 s) per
   stage and third of the night, the initial wake bout lengths. Raw integer counts, so a re-fit
   compares exactly.
-- ``spectral_model.json``   per-stage distributions of the per-epoch band powers of the 153
-  Sleep-EDF-78 nights: for each channel (Fpz-Cz, Pz-Oz, EOG horizontal) the log relative powers
+- ``spectral_model.json``   per-stage distributions of the per-epoch band powers of the 151
+  Sleep-EDF-78 nights that are not subject 0 (the test subject, see TEST_SUBJECT_PREFIXES): for each channel (Fpz-Cz, Pz-Oz, EOG horizontal) the log relative powers
   of delta..beta and the per-night z-scored log delta power; mean, within-night covariance,
-  between-night covariance and the lag-1 epoch-to-epoch autocorrelation (AR(1) drift).
+  between-night covariance and the lag-1 epoch-to-epoch autocorrelation (AR(1) drift); and the
+  ``bursts`` (movement / muscle) model: per stage, the fraction of epochs whose total power in
+  BOTH EEG channels jumps > BURST_Z robust SD above that night's stage median, the quantiles of
+  that jump, and the mean relative band powers of those epochs per channel (their spectrum).
 - ``transients.npz``        real waveforms cut out of the YASA tutorial snippets (BSD-3):
   spindles (N2 EEG, 200 Hz), slow waves (N3 EEG, 100 Hz), REM eye movements (LOC EOG, 256 Hz).
 
@@ -43,6 +47,10 @@ N_HOUR_BINS = 10          # transition matrices per hour since lights-off (last 
 N_THIRDS = 3              # bout-length distributions per third of an 8-h night (0-3, 3-6, >=6 h)
 WAKE_BUFFER_S = 1800.0    # wake kept before sleep onset / after final awakening (as the band-power set)
 BAND_NAMES = ("delta", "theta", "alpha", "sigma", "beta")
+#: Sleep-EDF subject 0 (SC4001*, SC4002*) is the project's real TEST subject: measured against,
+#: never fitted on (its band-power nights and hypnograms are left out of every fit here)
+TEST_SUBJECT_PREFIXES = ("SC4001", "SC4002")
+BURST_Z = 3.0             # burst epoch: ln total power > BURST_Z robust SD above the night's stage median
 SPECTRAL_CHANNELS = ("Fpz-Cz", "Pz-Oz", "EOG horizontal")
 
 
@@ -133,7 +141,7 @@ def fit_hypnogram_model(nights: list[tuple[str, np.ndarray]]) -> dict:
         "night_epochs": n_epochs,
         "provenance": {
             "files": [name for name, _ in nights],
-            "source": "PhysioNet Sleep-EDF Expanded SC-20 hypnograms (ODC-By 1.0)",
+            "source": "PhysioNet Sleep-EDF Expanded SC-20 hypnograms (ODC-By 1.0); subject 0 (the test subject) left out",
             "crop": f"{WAKE_BUFFER_S:.0f} s of wake around the sleep period; unscored/movement epochs joined",
         },
     }
@@ -141,7 +149,9 @@ def fit_hypnogram_model(nights: list[tuple[str, np.ndarray]]) -> dict:
 
 def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict:
     """Per-stage band-power distributions of the real Sleep-EDF-78 band-power nights."""
-    files = sorted(Path(directory).glob("SC4*-PSG.npz")) if files is None else list(files)
+    if files is None:
+        files = [f for f in sorted(Path(directory).glob("SC4*-PSG.npz")) if not f.name.startswith(TEST_SUBJECT_PREFIXES)]
+    files = list(files)
     if not files:
         raise CalibrationError(f"{directory}: no SC4*-PSG.npz; point to ../shared/data/sleep-edf-bandpower-78")
     n_dim = 6 * len(SPECTRAL_CHANNELS)
@@ -150,6 +160,9 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
     night_totals = []
     night_means: list[list[np.ndarray]] = [[] for _ in range(5)]
     lag_pairs: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(5)]
+    burst_res: list[list[np.ndarray]] = [[] for _ in range(5)]      # (n, 2) ln total - night-stage median, EEG
+    burst_rel: list[np.ndarray] = []                                # rel band powers of burst epochs (n, 3, 5)
+    burst_flags: list[list[np.ndarray]] = [[] for _ in range(5)]
     for f in files:
         with np.load(f) as d:
             feats = d["features"].astype(np.float64)
@@ -168,7 +181,26 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
             consec = idx[:-1][np.diff(idx) == 1]
             r = x - xs.mean(0)
             lag_pairs[st].append((r[consec], r[consec + 1]))
+            lt = xs[:, [5, 11]]
+            burst_res[st].append(lt - np.median(lt, 0))
+            burst_flags[st].append(feats[m][:, :, 5:10])
     stages_out = []
+    bursts = {"z": BURST_Z, "rate_per_epoch": [], "excess_ln_quantiles": [], "quantile_levels": [0.1, 0.25, 0.5, 0.75, 0.9]}
+    for st in range(5):
+        res = np.concatenate(burst_res[st])
+        rsd = 1.4826 * np.median(np.abs(res - np.median(res, 0)), 0)
+        hit = np.all(res > BURST_Z * rsd, axis=1)
+        bursts["rate_per_epoch"].append(round(float(hit.mean()), 6))
+        ex = res[hit].mean(1) if hit.any() else np.zeros(1)
+        bursts["excess_ln_quantiles"].append(np.round(np.quantile(ex, bursts["quantile_levels"]), 4).tolist())
+        rel = np.concatenate(burst_flags[st])[hit]
+        burst_rel.append(rel)
+    rel = np.concatenate(burst_rel).astype(np.float64)
+    bursts["rel_bandpower"] = np.round((rel / rel.sum(-1, keepdims=True)).mean(0), 5).tolist()   # (3 channels, 5 bands)
+    bursts["n_epochs"] = int(rel.shape[0])
+    bursts["note"] = ("movement/muscle bursts: an epoch whose ln total 0.5-30 Hz power is > z robust SD above the night's "
+                      "median for that stage in both EEG channels (Fpz-Cz, Pz-Oz); rate = fraction of such epochs per stage, "
+                      "excess = their ln power jump (mean of the two channels), rel_bandpower = their mean relative spectrum")
     for st in range(5):
         within = np.concatenate(per_stage_x[st])
         means = np.stack(night_means[st])
@@ -178,9 +210,11 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
         cw, cb = np.cov(within.T, bias=False), np.cov(means.T)
         rel = np.concatenate(per_stage_rel[st]).astype(np.float64)
         rel_mean = (rel / rel.sum(-1, keepdims=True)).mean(0)
+        mu_rel = _match_rel_mean(means.mean(0), cw + cb, rel_mean)
         stages_out.append({
             "n_epochs": int(within.shape[0]), "n_nights": int(means.shape[0]),
-            "mean": np.round(_match_rel_mean(means.mean(0), cw + cb, rel_mean), 6).tolist(),
+            "mean": np.round(_match_measured_rel_mean(mu_rel, cw + cb, rel_mean, seed=st), 6).tolist(),
+            "mean_unmeasured": np.round(mu_rel, 6).tolist(),
             "mean_log": np.round(means.mean(0), 6).tolist(),
             "rel_mean": np.round(rel_mean, 6).tolist(),
             "cov_within": np.round(cw, 6).tolist(),
@@ -192,15 +226,20 @@ def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict
         "channels": list(SPECTRAL_CHANNELS),
         "bands": list(BAND_NAMES),
         "bands_hz": [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0], [12.0, 16.0], [16.0, 30.0]],
-        "mean_note": "'mean' is 'mean_log' shifted (Monte Carlo, seed 0) so that sampled relative powers average to the real 'rel_mean'",
+        "mean_note": ("'mean_unmeasured' is 'mean_log' shifted (Monte Carlo, seed 0) so that sampled relative powers (the targets) "
+                      "average to the real 'rel_mean'; 'mean' (used) is shifted further so that signals synthesised from "
+                      "the targets and measured like the real set average to 'rel_mean' (a Welch estimate of an already "
+                      "measured spectrum lowers a dominant band's share)"),
         "vector": "per channel: ln rel_delta..ln rel_beta, ln total 0.5-30 Hz power in units of the night's signal variance (log_* are ln powers of the per-night z-scored signal); channels concatenated",
         "n_dim": n_dim,
         "stages": stages_out,
+        "bursts": bursts,
         # median over nights of the mean epoch power (0.5-30 Hz) in night-reference units, per channel
         "night_mean_total": np.round(np.median(np.stack(night_totals), 0), 6).tolist(),
         "provenance": {
             "files": [Path(f).name for f in files],
-            "source": "Sleep-EDF-78 cassette band powers (PhysioNet ODC-By 1.0, via a public MIT repository)",
+            "source": "Sleep-EDF-78 cassette band powers (PhysioNet ODC-By 1.0, via a public MIT repository); "
+                      "subject 0 (SC4001/SC4002, the test subject) left out",
         },
     }
 
@@ -240,6 +279,33 @@ def _match_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, n: in
         r = np.exp(lr - lr.max(-1, keepdims=True))
         got = (r / r.sum(-1, keepdims=True)).mean(0)
         mu.reshape(n_ch, 6)[:, :5] += np.log(rel_mean / got)
+    return mu
+
+
+def _match_measured_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, seed: int = 0,
+                             n: int = 600, n_iter: int = 3) -> np.ndarray:
+    """Shift the log-relative means once more so that signals SYNTHESISED from the model and
+    MEASURED the way the real set was (band-pass, Welch median per 30-s epoch, relative powers)
+    average to the real ``rel_mean``. The real values are already measurements; a synthesised
+    epoch is measured a second time, and the estimation noise of a 4-s-segment Welch median
+    lowers the mean of a dominant band's share (a ratio is concave in its numerator: N3 delta,
+    EOG delta). Monte Carlo with fixed draws (``seed``), 100-Hz synthesis."""
+    from sleepedge.simulate.spectra import epoch_bandpower, shaped_noise
+
+    w, v = np.linalg.eigh(cov)
+    z = np.random.default_rng([7, seed]).standard_normal((n, mu.size)) @ (v * np.sqrt(np.clip(w, 0, None))).T
+    mu = mu.copy()
+    n_ch = mu.size // 6
+    for _ in range(n_iter):
+        lr = (mu + z).reshape(n, n_ch, 6)[:, :, :5]
+        r = np.exp(lr - lr.max(-1, keepdims=True))
+        r /= r.sum(-1, keepdims=True)
+        for c in range(n_ch):
+            band = (0.5, 15.0) if c == 2 else (0.5, 30.0)
+            x = shaped_noise(r[:, c] * 100.0, 100.0, np.random.default_rng([11, seed, c]), band_hz=band)
+            bp = epoch_bandpower(x, 100.0, band_hz=band)
+            got = (bp / bp.sum(-1, keepdims=True)).mean(0)
+            mu.reshape(n_ch, 6)[c, :5] += np.log(rel_mean[c] / got)
     return mu
 
 
@@ -344,7 +410,8 @@ def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     today = _dt.date.today().isoformat()
-    hyp = fit_hypnogram_model(load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20"))
+    hyp = fit_hypnogram_model([(name, st) for name, st in load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20")
+                               if not name.startswith(TEST_SUBJECT_PREFIXES)])
     hyp["provenance"]["fitted"] = today
     spec = fit_spectral_model(data_dir / "sleep-edf-bandpower-78")
     spec["amplitude"] = fit_amplitude_anchor(data_dir / "sleep-edf" / "short_psg.edf", spec)

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+from scipy import signal as sps
 
 from sleepedge.contract import EPOCH_S, IGNORE, STAGES
 from sleepedge.simulate import eeg as eeg_mod
 from sleepedge.simulate import physio, respiration
-from sleepedge.simulate.calibration import load_params
+from sleepedge.simulate.calibration import SPECTRAL_CHANNELS, load_params
 from sleepedge.simulate.hypnogram import SimulationError, epochs_for_hours, sample_hypnogram
-from sleepedge.simulate.spectra import features_to_bandpower, load_replay, night_scale, sample_features
+from sleepedge.simulate.spectra import features_to_bandpower, load_replay, night_scale, sample_features, shaped_noise
 
 NOTICE = "SIMULATED by sleepedge simulate: not a real recording"
 
@@ -62,6 +63,11 @@ LABEL_VARIANTS: dict[str, tuple[str, ...]] = {
     "spo2": ("SpO2", "SaO2", "SAT", "SpO2 %", "Osat"),
 }
 MONTAGES = ("default", "sleep-edf", "variants")
+#: the real channel each EEG/EOG site's spectra are calibrated on (and measured against): the
+#: Sleep-EDF-78 band powers hold Fpz-Cz, Pz-Oz and EOG horizontal only, so central (C3/C4-M1)
+#: and occipital/posterior (O1/O2-M1, Pz-Oz) derivations map to the nearest one, Pz-Oz
+REAL_REFERENCE = {"frontal": "Fpz-Cz", "central": "Pz-Oz", "posterior": "Pz-Oz", "occipital": "Pz-Oz",
+                  "eog": "EOG horizontal"}
 RATE_LIMITS_HZ = {"EEG": (100.0, 512.0), "EOG": (100.0, 512.0), "EMG": (100.0, 512.0), "ECG": (100.0, 512.0),
                   "RESP": (10.0, 100.0), "SPO2": (1.0, 25.0)}
 DEFAULT_RATES_HZ = {"EEG": 256.0, "EOG": 256.0, "EMG": 256.0, "ECG": 256.0, "RESP": 32.0, "SPO2": 4.0}
@@ -185,8 +191,10 @@ def _arousal_list(stages, resp_events, rng, epoch_s=EPOCH_S):
     return merged
 
 
-def _artefacts(signals, rates, roles, stages, rng, log):
-    """Device and subject artefacts (modest, seed-controlled), in place; appended to ``log``."""
+def _artefacts(signals, rates, roles, stages, rng, log, burst_ref=None):
+    """Device and subject artefacts (modest, seed-controlled), in place; appended to ``log``.
+    burst_ref: EEG/EOG label -> (spectral channel index, per-epoch target total power µV²)."""
+    burst_ref = burst_ref or {}
     n_s = len(stages) * EPOCH_S
     exg = [lab for lab in signals if roles[lab] in ("EEG", "EOG", "EMG", "ECG")]
     line_hz = 50.0 if rng.random() < 0.6 else 60.0
@@ -203,21 +211,44 @@ def _artefacts(signals, rates, roles, stages, rng, log):
             a, ph = rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
             signals[lab] += (a * np.cos(ph)) * base[fs][0] + (a * np.sin(ph)) * base[fs][1]
     log.append({"kind": "line_noise", "hz": line_hz})
-    # movement artefacts: mostly in wake, all electrophysiology channels at once
-    rate = np.where(stages == 0, 0.1, 0.01) * EPOCH_S / 60.0
-    k = rng.poisson(rate)
-    for t0 in (np.repeat(np.arange(len(stages)), k) + rng.random(k.sum())) * EPOCH_S:
-        dur = rng.uniform(1.0, 4.0)
-        amp = rng.uniform(80.0, 250.0)
+    # movement / muscle bursts, all electrophysiology channels at once. Rate per stage, size and
+    # spectrum are the real ones (spectral model "bursts", fitted on the 151 non-test nights):
+    # an epoch jumps by F = exp(excess) in total power, F drawn from the real jumps of that stage.
+    # The real set measured them with a median Welch average, so a burst that moved an epoch's
+    # power covers more than half of it: 15-30 s. EEG/EOG get noise with the real burst
+    # spectrum of their reference channel; EMG/ECG a broadband/slow sway of F x their own power.
+    bm = load_params("spectral")["bursts"]
+    st = np.where((stages >= 0) & (stages <= 4), stages, 0).astype(int)
+    k = rng.poisson(np.asarray(bm["rate_per_epoch"])[st])
+    for ep in np.flatnonzero(k):
+        q = float(np.interp(rng.random(), bm["quantile_levels"], bm["excess_ln_quantiles"][st[ep]]))
+        f_pow = float(np.exp(q))
+        dur = float(rng.uniform(15.0, EPOCH_S))
+        t0 = float(ep * EPOCH_S + rng.uniform(0.0, EPOCH_S - dur))
         for lab in exg:
             fs = rates[lab]
             a, b = int(t0 * fs), min(int((t0 + dur) * fs), signals[lab].size)
-            if b - a < 4:
+            if b - a < 8:
                 continue
-            tt = np.arange(b - a) / fs
-            w = np.sin(np.pi * tt / dur) * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * tt + rng.uniform(0, 6.3))
-            signals[lab][a:b] += amp * w * (0.3 if roles[lab] == "ECG" else 1.0)
-        log.append({"kind": "movement", "onset_s": round(float(t0), 2), "duration_s": round(float(dur), 2)})
+            e0, e1 = int(ep * EPOCH_S * fs), int((ep + 1) * EPOCH_S * fs)
+            if lab in burst_ref:
+                src, level = burst_ref[lab]
+                rel = np.asarray(bm["rel_bandpower"][src], float)
+                bp = rel[None] * float(level[ep])  # noise with the burst spectrum, the epoch's power
+                band = (0.5, 15.0) if roles[lab] == "EOG" else (0.5, 30.0)
+                w = shaped_noise(bp, fs, rng, epoch_s=(b - a) / fs + 2.0, band_hz=band)[: b - a]
+                w *= np.sqrt(max(f_pow - 1.0, 0.0))
+            else:
+                x0 = signals[lab][e0:e1]
+                tt = np.arange(b - a) / fs
+                if roles[lab] == "EMG":
+                    w = rng.standard_normal(b - a)
+                else:
+                    w = np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * tt + rng.uniform(0, 6.3)) * np.sqrt(2.0)
+                w *= float(np.std(x0)) * np.sqrt(max(f_pow - 1.0, 0.0)) * (0.3 if roles[lab] == "ECG" else 1.0)
+            signals[lab][a:b] += w * sps.windows.tukey(b - a, 0.3)
+        log.append({"kind": "movement", "onset_s": round(t0, 2), "duration_s": round(dur, 2),
+                    "power_factor": round(f_pow, 2)})
     # electrode pops: ~0.5 per hour per EEG/EOG channel
     for lab in exg:
         if roles[lab] not in ("EEG", "EOG"):
@@ -229,9 +260,12 @@ def _artefacts(signals, rates, roles, stages, rng, log):
             step = rng.choice([-1, 1]) * rng.uniform(100.0, 300.0)
             signals[lab][a:a + n] += step * np.exp(-np.arange(n) / (rng.uniform(0.1, 0.4) * fs))
             log.append({"kind": "electrode_pop", "channel": lab, "onset_s": round(float(t0), 2)})
-    # clipping: with probability 0.3 one EEG/EOG channel saturates at +-rail for a few segments
+    # device faults are rates per hour of recording (an 8-h night: clipping with probability
+    # ~0.3, a disconnection ~0.1), so a short night carries the same fault load per hour
+    hours = n_s / 3600.0
+    # clipping: one EEG/EOG channel saturates at +-rail for a few segments
     cands = [lab for lab in exg if roles[lab] in ("EEG", "EOG")]
-    if cands and rng.random() < 0.3:
+    if cands and rng.random() < 1.0 - np.exp(-0.045 * hours):
         lab = cands[int(rng.integers(len(cands)))]
         fs = rates[lab]
         rail = float(rng.uniform(150.0, 300.0))
@@ -241,8 +275,8 @@ def _artefacts(signals, rates, roles, stages, rng, log):
             signals[lab][a:b] = np.clip(signals[lab][a:b] * 4.0, -rail, rail)
             log.append({"kind": "clipped", "channel": lab, "onset_s": round(float(t0), 2),
                         "duration_s": round(float(dur), 2), "rail_uv": round(rail, 1)})
-    # an occasional disconnected channel: probability 0.1 per night, 5-40 min flat + hum
-    if exg and rng.random() < 0.1:
+    # an occasional disconnected channel, 5-40 min flat + hum
+    if exg and rng.random() < 1.0 - np.exp(-0.013 * hours):
         lab = exg[int(rng.integers(len(exg)))]
         fs = rates[lab]
         dur = rng.uniform(300.0, 2400.0)
@@ -309,6 +343,8 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
     signals: dict[str, np.ndarray] = {}
     roles: dict[str, str] = {}
     units: dict[str, str] = {}
+    burst_ref: dict[str, tuple[int, np.ndarray]] = {}
+    derivations: dict[str, dict] = {}
     for label, role, kind, src, gain in channels:
         fs = rates[label]
         rng = _rng(seed, f"channel:{kind}")
@@ -322,6 +358,9 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
                 fast_rms = float(np.sqrt(np.median(wake[:, 2:].sum(1)))) * g
                 extras += eeg_mod.arousal_signal(arousals, n, fs, rng, rms_uv=fast_rms)
             x = eeg_mod.channel(targets[:, src] * g**2, extras, fs, rng, band_hz=band)
+            burst_ref[label] = (src, targets[:, src].sum(1) * g**2)
+            derivations[label] = {"kind": kind, "real_reference": REAL_REFERENCE[kind],
+                                  "spectra_from": SPECTRAL_CHANNELS[src]}
         elif role == "EMG":
             x = physio.emg(stages, fs, rng, arousals)
         elif role == "ECG":
@@ -338,7 +377,7 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
         units[label] = UNITS[role]
     art_log: list[dict] = []
     if artefacts:
-        _artefacts(signals, rates, roles, stages, _rng(seed, "artefacts"), art_log)
+        _artefacts(signals, rates, roles, stages, _rng(seed, "artefacts"), art_log, burst_ref)
 
     events = []
     for e in resp_events:
@@ -363,6 +402,7 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
                                     desat_pct=round(e.desat_pct, 2), lag_s=round(e.lag_s, 2), arousal=e.arousal)
                                for e in resp_events],
         "transients": {k: int(len(v)) for k, v in onsets.items()},
+        "derivations": derivations,
         "artefacts": art_log,
         "night_sd_uv": {c: round(float(s), 3) for c, s in zip(("Fpz-Cz", "Pz-Oz", "EOG"), scale)},
         "params": {k: load_params(k)["provenance"] if k != "transients" else str(load_params(k)["provenance"])

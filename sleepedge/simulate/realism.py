@@ -64,11 +64,18 @@ def stage_stats(features: list[np.ndarray], labels: list[np.ndarray]) -> tuple[n
     return mean, sd
 
 
+def smd(sim_mean, real_mean, real_sd) -> np.ndarray:
+    """The one standardized mean difference used everywhere (tests, bench, README):
+    (mean_sim - mean_real) / sd_real per stage x band, sd_real = SD of the real relative band
+    power over all real epochs of that stage (pooled across nights). Signed."""
+    return (np.asarray(sim_mean, float) - np.asarray(real_mean, float)) / np.asarray(real_sd, float)
+
+
 def spectral_match(sim_feats, sim_labels, real_feats, real_labels) -> np.ndarray:
-    """(5, 3, 5) |mean_sim - mean_real| / sd_real of the relative band powers."""
+    """(5, 3, 5) |SMD| (see `smd`) of the relative band powers."""
     ms, _ = stage_stats(sim_feats, sim_labels)
     mr, sr = stage_stats(real_feats, real_labels)
-    return np.abs(ms - mr) / sr
+    return np.abs(smd(ms, mr, sr))
 
 
 class LDA:

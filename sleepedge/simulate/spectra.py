@@ -147,13 +147,46 @@ def measurement_gain(freqs: np.ndarray, band_hz=(0.5, 30.0), floor: float = 0.1)
     return np.maximum(np.abs(h) ** 2, floor)
 
 
+_WELCH_CACHE: dict = {}
+
+
+def welch_band_matrix(grid: np.ndarray, fs_hz: float = 100.0, nperseg: int = 400) -> np.ndarray:
+    """(5, len(grid)) weights: band power a Welch estimate (hamming ``nperseg``, bins f >= lo and
+    f < hi, df = fs/nperseg) returns on average for a one-sided PSD sampled on ``grid`` (uniform
+    step). The hamming window's spectral kernel spreads each frequency over neighbouring bins
+    (leakage), which matters for the steep spectra of N3 and of the EOG; rows of the kernel are
+    normalised so a white PSD is measured unbiased (scipy's 'density' scaling)."""
+    key = (grid.size, float(grid[0]), float(grid[1] - grid[0]), fs_hz, nperseg)
+    if key in _WELCH_CACHE:
+        return _WELCH_CACHE[key]
+    dg = float(grid[1] - grid[0])
+    w = sps.get_window("hamming", nperseg)
+    bins = np.arange(nperseg // 2 + 1) * fs_hz / nperseg
+    n = np.arange(nperseg)
+
+    def kernel(nu):  # |W(nu)|^2 for an array of frequency offsets (Hz)
+        ph = np.exp(-2j * np.pi * np.outer(nu, n) / fs_hz)
+        return np.abs(ph @ w) ** 2
+
+    K = np.zeros((bins.size, grid.size))
+    for i, fk in enumerate(bins):
+        K[i] = kernel(fk - grid) + kernel(fk + grid)   # one-sided PSD: the mirrored image too
+    K /= (w**2).sum() * fs_hz                          # white one-sided PSD 1 -> expected bin value 1
+    K *= dg
+    df = fs_hz / nperseg
+    M = np.stack([K[(bins >= lo) & (bins < hi)].sum(0) * df for lo, hi in BANDS_HZ])
+    _WELCH_CACHE[key] = M
+    return M
+
+
 def knot_values(bandpower: np.ndarray, n_iter: int = 6, band_hz=(0.5, 30.0)) -> np.ndarray:
-    """(n, 5) µV² band targets (as measured after the ``band_hz`` band-pass) -> (n, 5) log PSD
-    knot values (µV²/Hz) whose smooth interpolated PSD integrates to each band's target."""
-    grid = np.arange(0.0, 50.0, 0.1) + 0.05
+    """(n, 5) µV² band targets (as measured after the ``band_hz`` band-pass, Welch at 0.25-Hz
+    bins) -> (n, 5) log PSD knot values (µV²/Hz) whose smooth interpolated PSD, measured the way
+    the real set was (band-pass, Welch leakage: `welch_band_matrix`), gives each band's target."""
+    grid = np.arange(0.0, 50.0, 0.05) + 0.025
     W = _interp_matrix(grid)
     shape = _shape_factor(grid) * measurement_gain(grid, band_hz)
-    B = np.stack([((grid >= lo) & (grid < hi)) * 0.1 for lo, hi in BANDS_HZ])  # (5, n_grid)
+    B = welch_band_matrix(grid)                                          # (5, n_grid)
     target = np.maximum(np.asarray(bandpower, float), 1e-6)
     logv = np.log(target / (BANDS_HZ[:, 1] - BANDS_HZ[:, 0]))
     for _ in range(n_iter):
