@@ -49,6 +49,7 @@ EPOCHS = "epochs.parquet"
 TABLE = "cohort.parquet"
 INSTALL = "pip install 'sleepedge[cohort]'"
 HASH_CHUNK = 1 << 20
+TASK_PREFIX = "sleepedge-night-"
 WORKER_TIMEOUT_S = 60      # connecting to a --scheduler, or LocalCluster workers starting
 
 
@@ -124,6 +125,11 @@ def night_key(content_sha: str, model_sha: str) -> str:
 def _path_key(path: str, model_sha: str) -> str:
     """Key of a night whose content could not be hashed (unreadable file, worker lost)."""
     return f"path{hashlib.sha256(path.encode('utf-8')).hexdigest()[:12]}-{model_sha[:12]}"
+
+
+def task_stem(key: str) -> str:
+    """The output stem of a night's task key (`sleepedge-night-<8 hex>-<stem>`)."""
+    return str(key)[len(TASK_PREFIX) + 9:]
 
 
 def _utc() -> str:
@@ -507,18 +513,20 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
         from rich.console import Console
 
         console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
-    owned = None
+    owned = own_client = None        # what this call started (and stops): a LocalCluster and/or a Client
     bar = None
     try:
         if jobs:
             if client is None:
                 client, owned = _start_cluster(workers, scheduler)
+                own_client = client
             from distributed import as_completed
 
             bar = _Bar(len(recordings), quiet, console)
             bar.update(counts)
-            # task key: the night's output stem (what the dashboard and client.processing() show)
-            futures = {client.submit(score_night_task, job, key=f"{job['stem']}-{os.urandom(4).hex()}",
+            # task key "sleepedge-night-<8 hex>-<stem>": one task group ("sleepedge-night"), so the
+            # scheduler queues the nights and hands each worker one at a time (a lost worker loses one)
+            futures = {client.submit(score_night_task, job, key=f"{TASK_PREFIX}{os.urandom(4).hex()}-{job['stem']}",
                                      pure=False, retries=1): job for job in jobs}
             for fut in as_completed(futures):
                 job = futures[fut]
@@ -539,8 +547,9 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
     finally:
         if bar is not None:
             bar.close()
+        if own_client is not None:
+            own_client.close()      # a --scheduler cluster is the user's: only our client goes
         if owned is not None:
-            client.close()
             owned.close()
         table = assemble(out)       # also after Ctrl-C: every finished night is in the table
     if not quiet or counts["failed"]:

@@ -165,9 +165,8 @@ def test_worker_killed_mid_night_is_retried_elsewhere(nights, client, tmp_path):
         busy = {a: ks for a, ks in client.processing().items() if ks and a in pids}
         if busy and any(p.suffix == ".tsv" for p in out.glob("long*.sleepedge.tsv")):
             addr, keys = next(iter(busy.items()))
-            time.sleep(0.1)
             os.kill(pids[addr], signal.SIGKILL)
-            killed = (pids[addr], set(keys))
+            killed = (pids[addr], set(keys), cohort._utc())
         time.sleep(0.02)
     th.join(120)
     assert not th.is_alive() and "error" not in result, result.get("error")
@@ -177,14 +176,27 @@ def test_worker_killed_mid_night_is_retried_elsewhere(nights, client, tmp_path):
     rows = _rows(out)
     assert len(rows) == 6 and rows.night.is_unique and (rows.status == "ok").all()
     assert set(rows.name) == {f.name for f in files}
-    in_flight = {k.rsplit("-", 1)[0] for k in killed[1]}   # task key: "<stem>-<random>"
+    in_flight = {cohort.task_stem(k) for k in killed[1]}
     assert in_flight and in_flight <= set(rows.stem)
-    assert killed[0] not in set(rows[rows.stem.isin(in_flight)].pid)   # finished by another worker process
+    # the killed process wrote nothing after its death; its night(s) in flight were finished by another one
+    assert (rows[rows.pid == killed[0]].finished_utc < killed[2]).all()
+    assert (rows[rows.stem.isin(in_flight)].pid != killed[0]).any()
     ep = pd.read_parquet(out / cohort.EPOCHS)
     assert len(ep) == 6 * 60 and not ep.duplicated(["night", "epoch"]).any()
     for f in files:                                       # the retried nights' files are whole
         assert len((out / f"{f.stem}.sleepedge.tsv").read_text().splitlines()) == 61
     client.wait_for_workers(2, timeout=60)                # the nanny brought the worker back
+
+
+def test_cli_scheduler_address(nights, client, tmp_path):
+    """`--scheduler tcp://HOST:PORT`: the path a SLURM / Kubernetes cluster takes (here on loopback)."""
+    out = tmp_path / "sched"
+    r = runner.invoke(app, ["cohort", "score", str(nights["dir"] / "sim3.edf"), "--out", str(out),
+                            "--scheduler", client.scheduler.address, "--formats", "tsv", "-q"])
+    assert r.exit_code == 0, r.output
+    rows = _rows(out)
+    assert list(rows.status) == ["ok"] and rows.worker[0] in client.scheduler_info()["workers"]
+    assert len(client.scheduler_info()["workers"]) == 2          # the cluster is the caller's: left running
 
 
 def test_cli_local_cluster_exit_codes_and_errors(nights, tmp_path):
