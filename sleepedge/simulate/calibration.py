@@ -384,6 +384,15 @@ def build_transient_library(snippets: Path) -> dict[str, np.ndarray]:
         if a < 0 or a + Lem > loc.size:
             continue
         ems.append((loc[a:a + Lem] - loc[a:a + Lem].mean()) * sps.windows.tukey(Lem, 0.5))
+    # eye-movement size relative to the EOG's own level (the units the band-power targets are
+    # in): LOC peak-to-peak over 1.5 s / sqrt(median-Welch 0.5-15 Hz power of its 30-s epoch);
+    # and how many such movements REM carries per minute
+    from sleepedge.simulate.spectra import epoch_bandpower
+
+    ep_rms = np.sqrt(epoch_bandpower(eog[0], eog_fs, band_hz=(0.5, 15.0)).sum(1))
+    ratio = [np.ptp(loc[p - Lem // 2: p - Lem // 2 + Lem]) / ep_rms[int(p / eog_fs // EPOCH_S)]
+             for p in peaks if p - Lem // 2 >= 0 and p - Lem // 2 + Lem <= loc.size and int(p / eog_fs // EPOCH_S) < ep_rms.size]
+    em_rate = peaks.size / (eog.shape[1] / eog_fs / 60.0)
     ems = ems[:: max(1, len(ems) // 60)][:60]
     if not spindles or not slow or not kcs or not ems:
         raise CalibrationError(f"{snippets}: transient extraction found spindles={len(spindles)} slow waves={len(slow)} "
@@ -393,13 +402,77 @@ def build_transient_library(snippets: Path) -> dict[str, np.ndarray]:
         "slow_waves": np.asarray(slow, np.float32), "slow_waves_fs_hz": np.float32(fs_sw),
         "k_complexes": np.asarray(kcs, np.float32),
         "eye_movements": np.asarray(ems, np.float32), "eye_movements_fs_hz": np.float32(eog_fs),
+        "eye_movement_ptp_per_rms": np.quantile(ratio, np.linspace(0.05, 0.95, 19)).astype(np.float32),
+        "rem_eye_movements_per_min": np.float32(em_rate),
         "provenance": np.array(
             "Cut from YASA tutorial data (github.com/raphaelvallat/yasa, BSD-3-Clause): "
             "data_N2_spindles_15sec_200Hz.txt, data_N3_no-spindles_30sec_100Hz.txt, data_EOGs_REM_256Hz.npz; "
             "spindles: 11-16 Hz envelope > 3x median for 0.4-2.5 s; slow waves (N3) / K-complexes (N2): 0.3-2 Hz, "
             "neg. peak < -20 / -30 uV, unit peak-to-peak; "
-            "eye movements: LOC 0.3-10 Hz around |LOC-ROC| peaks > 100 uV"),
+            "eye movements: LOC 0.3-10 Hz around |LOC-ROC| peaks > 100 uV; their LOC peak-to-peak / sqrt(median-Welch "
+            "0.5-15 Hz power of the 30-s epoch) (quantiles 5..95 %) and their rate per minute of that REM recording"),
     }
+
+
+def _kurtosis_30s(x: np.ndarray, fs: float, band=(0.5, 15.0)) -> float:
+    """Median kurtosis of the 30-s windows of ``x`` after the real set's band-pass at 100 Hz."""
+    from scipy import stats as sst
+
+    from sleepedge.simulate.spectra import apply_measurement_filter
+
+    if fs != 100.0:
+        from fractions import Fraction
+
+        fr = Fraction(100.0 / fs).limit_denominator(1000)
+        x = sps.resample_poly(x, fr.numerator, fr.denominator)
+    y = apply_measurement_filter(np.asarray(x, float), band)
+    n = y.size // 3000
+    return float(np.median(sst.kurtosis(y[: n * 3000].reshape(n, 3000), axis=1, fisher=False)))
+
+
+def fit_eye_movement_scale(lib: dict, spectral: dict, snippets: Path, n_epochs: int = 60) -> float:
+    """One factor on the real eye-movement size ratios so that SYNTHESISED REM EOG (the REM
+    EOG spectrum of the model + eye movements at the measured rate and size) has the median
+    30-s kurtosis of the real REM LOC the ratios were measured on (YASA data, not subject 0).
+    Bisection on a fixed draw (seed 0)."""
+    from sleepedge.simulate.spectra import shaped_noise
+
+    with np.load(Path(snippets) / "data_EOGs_REM_256Hz.npz") as d:
+        target = _kurtosis_30s(d["data"][0].astype(np.float64), float(d["sf"]))
+    fs = 100.0
+    st = spectral["stages"][4]
+    lr = np.asarray(st["mean"][12:17])
+    rel = np.exp(lr) / np.exp(lr).sum()
+    rng = np.random.default_rng(0)
+    bg = shaped_noise(np.tile(rel * 100.0, (n_epochs, 1)), fs, rng, band_hz=(0.5, 15.0))
+    rate = float(lib["rem_eye_movements_per_min"])
+    on = np.sort(rng.uniform(0, n_epochs * EPOCH_S, rng.poisson(rate * n_epochs * EPOCH_S / 60.0)))
+    q = np.asarray(lib["eye_movement_ptp_per_rms"], float)
+    ratio = np.interp(rng.random(on.size), np.linspace(0.05, 0.95, q.size), q)
+    ems = lib["eye_movements"]
+    fs0 = float(lib["eye_movements_fs_hz"])
+    shapes = []
+    for _ in on:
+        w = ems[rng.integers(len(ems))].astype(float)
+        n = max(4, int(round(w.size * rng.uniform(0.8, 1.25) * fs / fs0)))
+        x = np.interp(np.linspace(0, w.size - 1, n), np.arange(w.size), w)
+        x = x - np.linspace(x[0], x[-1], x.size)
+        x *= sps.windows.tukey(x.size, 0.3)
+        shapes.append(x / max(np.ptp(x), 1e-9) * (1 if rng.random() < 0.5 else -1))
+
+    def kurt(scale):
+        x = bg.copy()
+        for t, r, w in zip(on, ratio, shapes):
+            a = int(t * fs)
+            b = min(x.size, a + w.size)
+            x[a:b] += scale * r * 10.0 * w[: b - a]          # level sqrt(100) = 10
+        return _kurtosis_30s(x, fs)
+
+    lo, hi = 0.05, 3.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if kurt(mid) < target else (lo, mid)
+    return round(0.5 * (lo + hi), 4)
 
 
 def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[str, Path]:
@@ -417,6 +490,7 @@ def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[
     spec["amplitude"] = fit_amplitude_anchor(data_dir / "sleep-edf" / "short_psg.edf", spec)
     spec["provenance"]["fitted"] = today
     lib = build_transient_library(data_dir / "yasa-snippets")
+    lib["eye_movement_scale"] = np.float32(fit_eye_movement_scale(lib, spec, data_dir / "yasa-snippets"))
     paths = {
         "hypnogram": out_dir / HYPNOGRAM_JSON,
         "spectral": out_dir / SPECTRAL_JSON,

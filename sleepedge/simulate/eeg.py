@@ -132,9 +132,22 @@ def render(kind: str, onsets_s: np.ndarray, n_samples: int, fs_hz: float, fac: T
     return out
 
 
+def rates_per_min() -> dict[str, tuple[float, ...]]:
+    """RATES_PER_MIN with the REM rate of rapid eye movements measured on real REM EOG
+    (`params/transients.npz`, YASA data: |LOC-ROC| peaks > 100 µV per minute)."""
+    rates = dict(RATES_PER_MIN)
+    lib = load_params("transients")
+    if "rem_eye_movements_per_min" in lib:
+        r = list(rates["rapid_eye"])
+        r[4] = float(lib["rem_eye_movements_per_min"])
+        rates["rapid_eye"] = tuple(r)
+    return rates
+
+
 def place_transients(stages: np.ndarray, rng: np.random.Generator, kinds=RATES_PER_MIN) -> dict[str, np.ndarray]:
     """Onsets (s) of every transient kind for a night; same for all channels (one brain)."""
-    return {k: poisson_onsets(stages, RATES_PER_MIN[k], rng) for k in kinds}
+    rates = rates_per_min()
+    return {k: poisson_onsets(stages, rates[k], rng) for k in kinds}
 
 
 # per-channel amplitude (µV; peak for spindles/blinks/sawtooth, peak-to-peak for slow waves,
@@ -153,18 +166,32 @@ _EYE_KIND = {"rapid_eye": ("eye_movement", 1.0), "slow_eye": ("eye_movement", 4.
 
 
 def transient_signal(onsets: dict[str, np.ndarray], site: str, n_samples: int, fs_hz: float,
-                     rng: np.random.Generator) -> np.ndarray:
-    """All transients of one channel (µV), amplitudes by recording site."""
+                     rng: np.random.Generator, eog_epoch_rms: np.ndarray | None = None,
+                     epoch_s: float = EPOCH_S) -> np.ndarray:
+    """All transients of one channel (µV), amplitudes by recording site.
+
+    eog_epoch_rms: (n_epochs,) µV, the EOG's per-epoch level (sqrt of its band-power target).
+    With it, rapid eye movements get the real size relative to the EOG's own level in their
+    epoch (peak-to-peak / level drawn from the real REM EOG, `params/transients.npz`, times the
+    one factor that gives synthetic REM EOG that recording's kurtosis), scaled to other sites by
+    the site ratio; without it, the fixed site amplitudes."""
     fac = TransientFactory(fs_hz, rng)
     out = np.zeros(n_samples)
     amps = SITE_AMPLITUDES[site]
+    ratio_q = fac.lib.get("eye_movement_ptp_per_rms")
     for kind, t in onsets.items():
         a = amps.get(kind, 0.0)
         if a <= 0 or len(t) == 0:
             continue
         if kind in _EYE_KIND:
             _, stretch = _EYE_KIND[kind]
-            w_amp = a * np.exp(0.35 * rng.standard_normal(len(t)))
+            if kind == "rapid_eye" and eog_epoch_rms is not None and ratio_q is not None:
+                ep = np.minimum((np.asarray(t) // epoch_s).astype(int), len(eog_epoch_rms) - 1)
+                ratio = np.interp(rng.random(len(t)), np.linspace(0.05, 0.95, len(ratio_q)), ratio_q)
+                ratio = ratio * float(fac.lib.get("eye_movement_scale", 1.0))
+                w_amp = ratio * np.asarray(eog_epoch_rms)[ep] * (a / SITE_AMPLITUDES["eog"]["rapid_eye"])
+            else:
+                w_amp = a * np.exp(0.35 * rng.standard_normal(len(t)))
             for ti, ai in zip(t, w_amp):
                 _add(out, int(ti * fs_hz), ai * fac.eye_movement(stretch * rng.uniform(0.8, 1.25)))
         else:

@@ -352,7 +352,7 @@ def simulate_night(hours: float = 8.0, seed: int = 0, ahi: float = 5.0, montage:
         if role in ("EEG", "EOG"):
             band = (0.5, 15.0) if role == "EOG" else (0.5, 30.0)
             g = gain if gain is not None else scale[0] / scale[src]  # central: level of Fpz-Cz
-            extras = eeg_mod.transient_signal(onsets, kind, n, fs, rng)
+            extras = eeg_mod.transient_signal(onsets, kind, n, fs, rng, eog_epoch_rms=np.sqrt(targets[:, 2].sum(1)))
             if role == "EEG":  # arousal: a burst of the channel's own wake-like fast activity
                 wake = targets[stages == 0, src] if (stages == 0).any() else targets[:, src]
                 fast_rms = float(np.sqrt(np.median(wake[:, 2:].sum(1)))) * g
