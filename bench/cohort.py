@@ -175,6 +175,9 @@ def main(argv=None) -> int:
         "score": lambda o: exe + ["score", *args, "--out", str(o), "-q"],
         "cohort-1": lambda o: exe + ["cohort", "score", *args, "--out", str(o), "--workers", "1", "-q"],
         "cohort-2": lambda o: exe + ["cohort", "score", *args, "--out", str(o), "--workers", "2", "-q"],
+        # one night only: the fixed cost of each (process start, imports; + cluster start for cohort)
+        "score-1t-one": lambda o: exe + ["score", args[0], "--out", str(o), "--threads", "1", "-q"],
+        "cohort-1-one": lambda o: exe + ["cohort", "score", args[0], "--out", str(o), "--workers", "1", "-q"],
     }
     runs: dict[str, list] = {k: [] for k in jobs}
     tables: dict[str, list] = {k: [] for k in jobs if k.startswith("cohort")}
@@ -198,6 +201,13 @@ def main(argv=None) -> int:
     med_cpu = {k: summarize([x.cpu_s for x in v if x.cpu_s is not None]).get("median") for k, v in runs.items()}
     # per round, cohort-1 / score-1t (paired: the two ran back to back under the same load)
     paired = [c.wall_s / s_.wall_s for c, s_ in zip(runs["cohort-1"], runs["score-1t"])]
+    # marginal cost of a night = (all files - one file) / (files - 1): the fixed costs (process, imports,
+    # cluster start) cancel; per round, then the median
+    n1 = len(files) - 1
+    marg = {k: [(x.wall_s - y.wall_s) / n1 for x, y in zip(runs[k], runs[f"{k}-one"])] for k in ("score-1t", "cohort-1")}
+    marg_cpu = {k: [(x.cpu_s - y.cpu_s) / n1 for x, y in zip(runs[k], runs[f"{k}-one"])] for k in ("score-1t", "cohort-1")}
+    marg_ratio = [c / s_ for c, s_ in zip(marg["cohort-1"], marg["score-1t"])]
+    marg_cpu_ratio = [c / s_ for c, s_ in zip(marg_cpu["cohort-1"], marg_cpu["score-1t"])]
     # cluster start + stop alone (no nights): the fixed cost of the engine
     empty = a.workdir / "in-empty"
     empty.mkdir(exist_ok=True)
@@ -223,6 +233,12 @@ def main(argv=None) -> int:
         "cohort-1 / score-1t per round (paired)": paired,
         "cohort-1 vs score-1t, median of paired rounds (%)": 100.0 * (summarize(paired)["median"] - 1.0),
         "cohort-1 vs score-1t, CPU seconds (%)": 100.0 * (med_cpu["cohort-1"] - med_cpu["score-1t"]) / med_cpu["score-1t"],
+        "fixed cost, one-night run (s): score-1t / cohort-1": [med["score-1t-one"], med["cohort-1-one"]],
+        "marginal wall per night (s) per round": marg,
+        "marginal CPU per night (s) per round": marg_cpu,
+        "per-night overhead, marginal wall (%), median of rounds": 100.0 * (summarize(marg_ratio)["median"] - 1.0),
+        "per-night overhead, marginal CPU (%), median of rounds": 100.0 * (summarize(marg_cpu_ratio)["median"] - 1.0),
+        "marginal wall ratios per round": marg_ratio, "marginal CPU ratios per round": marg_cpu_ratio,
     }
     speedup = {"cohort-2 vs cohort-1": med["cohort-1"] / med["cohort-2"],
                "cohort-2 vs score-1t": base / med["cohort-2"], "cohort-2 vs score (all cores)": med["score"] / med["cohort-2"]}
