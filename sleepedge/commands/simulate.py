@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         hours: Annotated[float, typer.Option("--hours", help="Night length in hours (when stages are sampled).")] = 8.0,
         seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same bytes.")] = 0,
         ahi: Annotated[float, typer.Option("--ahi", help="Apneas + hypopneas per hour of sleep.")] = 5.0,
-        montage: Annotated[str, typer.Option("--montage", help="default (9 channels) | sleep-edf | variants.")] = "default",
+        montage: Annotated[str, typer.Option("--montage", help="default (9 channels) | sleep-edf | variants. EEG/EOG spectra: central and occipital derivations from the real Pz-Oz, frontal from Fpz-Cz, EOG from EOG horizontal.")] = "default",
         hypnogram: Annotated[Optional[Path], typer.Option("--hypnogram", exists=True, dir_okay=False,
                                                           help="Replay the stages of a real scoring (any format read_scoring reads).")] = None,
         spectra: Annotated[Optional[Path], typer.Option("--spectra", exists=True, dir_okay=False,
