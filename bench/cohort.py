@@ -109,8 +109,11 @@ def kill_run(files: list[Path], out: Path, fmts: str, kill_after: int) -> dict:
 
     from sleepedge import cohort
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+    import dask
+
+    with dask.config.set(cohort.LOCAL_CONFIG):   # what `sleepedge cohort score` starts
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         pids = client.run(os.getpid)
@@ -217,8 +220,13 @@ def main(argv=None) -> int:
         from distributed import Client, LocalCluster
         import logging
 
-        c = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                         dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        import dask
+
+        from sleepedge.cohort import LOCAL_CONFIG
+
+        with dask.config.set(LOCAL_CONFIG):
+            c = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         cl = Client(c)
         cl.close()
         c.close()
