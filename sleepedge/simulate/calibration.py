@@ -14,7 +14,8 @@ without ``../shared``. Outputs in ``sleepedge/simulate/params/``:
   between-night covariance and the lag-1 epoch-to-epoch autocorrelation (AR(1) drift); and the
   ``bursts`` (movement / muscle) model: per stage, the fraction of epochs whose total power in
   BOTH EEG channels jumps > BURST_Z robust SD above that night's stage median, the quantiles of
-  that jump, and the mean relative band powers of those epochs per channel (their spectrum).
+  that jump, and the mean relative band powers of those epochs per channel (their spectrum);
+  ``low_freq_slope``: the PSD's 1/f^a rise below the delta centre, fitted on the YASA N2/N3 EEG.
 - ``transients.npz``        real waveforms cut out of the YASA tutorial snippets (BSD-3):
   spindles (N2 EEG, 200 Hz), slow waves (N3 EEG, 100 Hz), REM eye movements (LOC EOG, 256 Hz).
 
@@ -475,6 +476,36 @@ def fit_eye_movement_scale(lib: dict, spectral: dict, snippets: Path, n_epochs: 
     return round(0.5 * (lo + hi), 4)
 
 
+def fit_low_freq_slope(snippets: Path) -> float:
+    """Exponent a of the PSD's rise below the delta centre (f^-a, 0.3-1.41 Hz), so that the
+    measured ratio of mean PSD at 0.5-0.8 Hz to 1.25-1.6 Hz equals the median of the real
+    sleep EEG snippets (YASA N2 and N3, not subject 0), both measured like the real set
+    (100 Hz, band-pass 0.5-30 Hz, Welch hamming 4 s, 50 %, median)."""
+    from sleepedge.simulate.spectra import _shape_factor, apply_measurement_filter, measurement_gain
+
+    snippets = Path(snippets)
+    xs = [sps.resample_poly(np.loadtxt(snippets / "data_N2_spindles_15sec_200Hz.txt"), 1, 2),
+          np.loadtxt(snippets / "data_N3_no-spindles_30sec_100Hz.txt")]
+    ratios = []
+    for x in xs:
+        y = apply_measurement_filter(x)
+        f, p = sps.welch(y, fs=100.0, window="hamming", nperseg=400, noverlap=200, average="median")
+        ratios.append(p[(f >= 0.5) & (f < 0.8)].mean() / p[(f >= 1.25) & (f < 1.6)].mean())
+    target = float(np.median(ratios))
+    grid = np.arange(0.3, 2.0, 0.01)
+    g = measurement_gain(grid)
+
+    def ratio(a):
+        psd = _shape_factor(grid, a) * g
+        return psd[(grid >= 0.5) & (grid < 0.8)].mean() / psd[(grid >= 1.25) & (grid < 1.6)].mean()
+
+    lo, hi = 0.0, 4.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
+    return round(0.5 * (lo + hi), 4)
+
+
 def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[str, Path]:
     """Fit everything from ``data_dir`` (the ``shared/data`` folder) and write ``out_dir``."""
     data_dir = Path(data_dir)
@@ -486,11 +517,22 @@ def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[
     hyp = fit_hypnogram_model([(name, st) for name, st in load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20")
                                if not name.startswith(TEST_SUBJECT_PREFIXES)])
     hyp["provenance"]["fitted"] = today
-    spec = fit_spectral_model(data_dir / "sleep-edf-bandpower-78")
+    _CACHE.pop("spectral", None)
+    slope = fit_low_freq_slope(data_dir / "yasa-snippets")
+    _CACHE["spectral"] = {"low_freq_slope": slope}     # the synthesis inside the fit uses it
+    try:
+        spec = fit_spectral_model(data_dir / "sleep-edf-bandpower-78")
+    finally:
+        _CACHE.pop("spectral", None)
+    spec["low_freq_slope"] = slope
     spec["amplitude"] = fit_amplitude_anchor(data_dir / "sleep-edf" / "short_psg.edf", spec)
     spec["provenance"]["fitted"] = today
     lib = build_transient_library(data_dir / "yasa-snippets")
-    lib["eye_movement_scale"] = np.float32(fit_eye_movement_scale(lib, spec, data_dir / "yasa-snippets"))
+    _CACHE["spectral"] = spec                          # synthesis with the new model
+    try:
+        lib["eye_movement_scale"] = np.float32(fit_eye_movement_scale(lib, spec, data_dir / "yasa-snippets"))
+    finally:
+        _CACHE.pop("spectral", None)
     paths = {
         "hypnogram": out_dir / HYPNOGRAM_JSON,
         "spectral": out_dir / SPECTRAL_JSON,

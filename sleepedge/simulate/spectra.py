@@ -116,12 +116,22 @@ def _interp_matrix(freqs: np.ndarray) -> np.ndarray:
     return W
 
 
-def _shape_factor(freqs: np.ndarray) -> np.ndarray:
-    """Outside 0.5-30 Hz: roll off below 0.3 Hz (no DC drift) and steepen above 30 Hz."""
+def _low_freq_slope() -> float:
+    """1/f^a exponent of the PSD below the delta band's centre (calibrated on real EEG, not
+    subject 0: `calibration.fit_low_freq_slope`); 0 = flat (models fitted before it existed)."""
+    return float(load_params("spectral").get("low_freq_slope", 0.0))
+
+
+def _shape_factor(freqs: np.ndarray, low_slope: float | None = None) -> np.ndarray:
+    """Outside 0.5-30 Hz: roll off below 0.3 Hz (no DC drift) and steepen above 30 Hz; below the
+    delta centre (1.41 Hz) the PSD keeps rising as f^-a down to 0.3 Hz (real EEG does; a flat
+    delta knot left 0.5-0.8 Hz at a third to a half of the real level)."""
     f = np.asarray(freqs, float)
+    a = _low_freq_slope() if low_slope is None else float(low_slope)
     lo = 1.0 / (1.0 + (0.3 / np.maximum(f, 1e-3)) ** 4)
     hi = 1.0 / (1.0 + (f / 35.0) ** 4)
-    return lo * hi
+    rise = np.where(f < _CENTRES[0], (np.clip(f, 0.3, None) / _CENTRES[0]) ** (-a), 1.0) if a else 1.0
+    return lo * hi * rise
 
 
 def measurement_fir(band_hz=(0.5, 30.0), fs_hz: float = 100.0) -> np.ndarray:
