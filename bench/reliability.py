@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=1))
 
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
-                    "note": "SIMULATED nights; reliability figures, not accuracy"}
+                    "note": ("kill test on the given recording, load/length tests on SIMULATED nights" if args.edf else
+                             "SIMULATED nights") + "; reliability figures, not accuracy"}
     if "kill" not in skip:
         night = args.edf if args.edf is not None else simulate(work / "kill-night.edf", args.hours, seed=11)
         report["kill_recording"] = str(args.edf) if args.edf is not None else f"SIMULATED {args.hours:g} h night"
