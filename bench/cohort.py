@@ -165,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/sleepedge-bench-cohort"))
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--only", default="", help="comma list of runs (e.g. cohort-1,cohort-2): only those, "
+                                               "timed and written to cohort_only.json (no equality / kill / estimate)")
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -182,6 +184,8 @@ def main(argv=None) -> int:
         "score-1t-one": lambda o: exe + ["score", args[0], "--out", str(o), "--threads", "1", "-q"],
         "cohort-1-one": lambda o: exe + ["cohort", "score", args[0], "--out", str(o), "--workers", "1", "-q"],
     }
+    if a.only:
+        jobs = {k: v for k, v in jobs.items() if k in a.only.split(",")}
     runs: dict[str, list] = {k: [] for k in jobs}
     tables: dict[str, list] = {k: [] for k in jobs if k.startswith("cohort")}
     outs = {}
@@ -197,6 +201,18 @@ def main(argv=None) -> int:
             log(f"round {r}: {name}: {res.wall_s:.1f} s wall, CPU {res.cpu_s} s, peak RSS {res.peak_rss_mb} MB, rc {res.returncode}")
             if name.startswith("cohort"):
                 tables[name].append(table_summary(o))
+    if a.only:
+        med = {k: summarize([x.wall_s for x in v])["median"] for k, v in runs.items()}
+        out = {"when": utc_now(), "commit": git_commit(), "machine": machine_info(), "only": a.only,
+               "runs": {k: [{"wall_s": x.wall_s, "cpu_s": x.cpu_s, "peak_rss_mb": x.peak_rss_mb, "rc": x.returncode,
+                             "loadavg_1min_before": getattr(x, "load1", None)} for x in v] for k, v in runs.items()},
+               "median_wall_s": med}
+        if "cohort-1" in med and "cohort-2" in med:
+            out["speedup cohort-2 vs cohort-1"] = med["cohort-1"] / med["cohort-2"]
+            out["paired speed-ups"] = [x.wall_s / y.wall_s for x, y in zip(runs["cohort-1"], runs["cohort-2"])]
+        path = write_json(a.results / "cohort_only.json", out)
+        log(f"{out.get('median_wall_s')} speed-up {out.get('speedup cohort-2 vs cohort-1')} -> {path}")
+        return 0
     stems = [f.stem for f in files if not f.name.startswith("bad-")]
     eq = {k: compare(outs["score-1t"], outs[k], stems) for k in ("score", "cohort-1", "cohort-2")}
     st = {k: stages_vs_tsv(outs[k]) for k in ("cohort-1", "cohort-2")}
