@@ -310,6 +310,11 @@ def _finite(v):
     return v
 
 
+def _outputs_exist(out: Path, stem: str, formats) -> bool:
+    """Every per-night file asked for is there (a resume with more --formats, or deleted files, rescores)."""
+    return all((Path(out) / f"{stem}.{f}").exists() for f in formats)
+
+
 def score_night_task(job: dict) -> dict:
     """One night on a worker: hash, score (the `sleepedge score` path), write the epoch part, then
     the night's row (the done-marker). Never raises for a bad night: its error becomes the row."""
@@ -329,7 +334,8 @@ def score_night_task(job: dict) -> dict:
         row["night"] = night_key(sha, job["model_sha256"])
         if not job.get("force"):
             done = read_part(out, row["night"])
-            if done and done.get("status") == "ok" and epochs_path(out, row["night"]).exists():
+            if (done and done.get("status") == "ok" and epochs_path(out, row["night"]).exists()
+                    and _outputs_exist(out, str(done.get("stem")), job["formats"])):
                 return {**done, "skipped": True}     # same content, same model: a moved or touched file
         from sleepedge.commands.score import score_night
 
@@ -511,7 +517,7 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
         except OSError:
             size = mtime = None
         prev = done.get((str(rec), size, mtime))
-        if prev is not None and prev.get("stem") == stems[rec]:
+        if prev is not None and prev.get("stem") == stems[rec] and _outputs_exist(out, stems[rec], fmts):
             counts["skipped"] += 1
             continue
         jobs.append({"file": str(rec), "stem": stems[rec],

@@ -130,6 +130,10 @@ def test_cohort_equals_score_resume_force_and_failures(nights, client, tmp_path)
     os.utime(nights["good"][2], None)
     _, counts = cohort.run(nights["good"][2:3], out, client, formats="tsv,csv,json")
     assert counts == {"ok": 0, "failed": 0, "skipped": 1}
+    # a night whose files are not all there (more --formats, a deleted file) is scored again
+    (out / "sim0.sleepedge.csv").unlink()
+    _, counts = cohort.run(nights["good"], out, client, formats="tsv,csv,json")
+    assert counts == {"ok": 1, "failed": 0, "skipped": 3} and (out / "sim0.sleepedge.csv").exists()
     # --force rescores; still one row per night
     _, counts = cohort.run(inputs, out, client, formats="tsv,csv,json", force=True)
     assert counts == {"ok": 4, "failed": 2, "skipped": 0}
