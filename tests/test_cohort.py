@@ -192,6 +192,27 @@ def test_worker_killed_mid_night_is_retried_elsewhere(nights, client, tmp_path):
     client.wait_for_workers(2, timeout=60)                # the nanny brought the worker back
 
 
+def test_client_killed_mid_run_loses_only_nights_in_flight(nights, client, tmp_path):
+    """SIGKILL the `sleepedge cohort score` process itself mid-run: every night it finished is kept
+    (its row and epoch file on disk), its workers go with it, and the next run scores only the rest."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "sleepedge", "cohort", "score", *map(str, nights["good"]),
+                             "--out", str(out), "--workers", "1", "--formats", "tsv", "-q"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("parts/*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    finished = {p.stem for p in out.glob("parts/*.json")}
+    assert len(finished) >= 2
+    _, counts = cohort.run(nights["good"], out, client, formats="tsv")
+    assert counts["skipped"] >= len(finished) and counts["ok"] + counts["skipped"] == 4 and counts["failed"] == 0
+    rows = _rows(out)
+    assert len(rows) == 4 and rows.night.is_unique and (rows.status == "ok").all()
+    assert len(pd.read_parquet(out / cohort.EPOCHS)) == 4 * 30
+
+
 def test_cli_scheduler_address(nights, client, tmp_path):
     """`--scheduler tcp://HOST:PORT`: the path a SLURM / Kubernetes cluster takes (here on loopback)."""
     out = tmp_path / "sched"
