@@ -271,7 +271,7 @@ class ArraySignal:
 
 class RecordingHeader:
     """The part of `sleepedge.edf.EDFHeader` that `score_recording` and the sinks use, for a
-    recording held in memory (no EDF+D gaps, no annotations, no header quirks)."""
+    recording held in memory (gaps: an MNE Raw's BAD_* spans; no annotations, no header quirks)."""
 
     def __init__(self, name: str, signals: list[ArraySignal], start: datetime | None = None,
                  warnings: list[str] | None = None):
@@ -306,6 +306,28 @@ class RecordingHeader:
                 if s.label == label_or_index:
                     return s
         raise ChannelError(f"{self.name}: no channel {label_or_index!r}; channels: {self.labels}")
+
+
+def _mne_bad_spans(raw, duration_s: float) -> list[tuple[float, float]]:
+    """(onset_s, duration_s) of the Raw's `BAD*` annotations (MNE's convention, any case), in
+    seconds from the Raw's first sample, clipped to the recording, overlaps merged."""
+    ann = getattr(raw, "annotations", None)
+    if ann is None or not len(ann):
+        return []
+    # onsets are relative to orig_time (= meas_date) when it is set, else to the data's start
+    t0 = float(raw.first_time) if ann.orig_time is not None else 0.0
+    spans = sorted((max(0.0, float(o) - t0), min(duration_s, float(o) - t0 + float(d)))
+                   for o, d, desc in zip(ann.onset, ann.duration, ann.description)
+                   if str(desc).upper().startswith("BAD"))
+    merged: list[list[float]] = []
+    for a, b in spans:
+        if b <= a:
+            continue
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b - a) for a, b in merged]
 
 
 class ArrayRecording:
@@ -368,7 +390,8 @@ class ArrayRecording:
         Voltage channels (file unit V/mV/µV/nV, or MNE unit V when the file unit is unknown) are
         `raw.get_data(units="uV")`; other channels (SpO2 %, a thermistor in 'n/a') keep their
         physical values as `sleepedge.edf` reads them. Start: `raw.info["meas_date"]` (naive,
-        as an EDF header gives it). Channels in `raw.info["bads"]` are left out."""
+        as an EDF header gives it). Channels in `raw.info["bads"]` are left out; spans annotated
+        `BAD*` are NaN and scored as gaps (`header.gaps`), as EDF+D holes are."""
         try:
             ch_names = list(raw.ch_names)
             sfreq = float(raw.info["sfreq"])
@@ -400,6 +423,11 @@ class ArrayRecording:
         bads = set(raw.info.get("bads") or ())   # channels marked bad in MNE are not used (named in the warnings)
         rec.header = RecordingHeader(label, [ArraySignal(i, ch, sfreq, n) for i, ch in enumerate(ch_names) if ch not in bads],
                                      start, [f"{ch}: marked bad in raw.info['bads'], not used" for ch in ch_names if ch in bads])
+        rec.header.gaps = _mne_bad_spans(raw, n / sfreq)
+        if rec.header.gaps:
+            total = sum(d for _, d in rec.header.gaps)
+            rec.header.warnings.append(f"{len(rec.header.gaps)} BAD_* annotation span(s), {total:g} s: "
+                                       "read as NaN and scored as gaps (as MNE's reject_by_annotation)")
         rec.types = dict(zip(ch_names, raw.get_channel_types()))
         return rec
 
@@ -423,7 +451,12 @@ class ArrayRecording:
             return np.zeros(0, dtype=np.float64)
         if info.label not in self._data:   # an MNE Raw: this block of this channel only
             x = self._raw.get_data(picks=[self._index[info.label]], start=s0, stop=s1)[0]
-            return np.asarray(x, dtype=np.float64) * self._scale[info.label]
+            x = np.asarray(x, dtype=np.float64) * self._scale[info.label]
+            for g0, dur in self.header.gaps:   # BAD_* spans: NaN (the scorer flags those epochs `gap`)
+                a, b = max(int(round(g0 * info.fs_hz)), s0), min(int(round((g0 + dur) * info.fs_hz)), s1)
+                if b > a:
+                    x[a - s0:b - s0] = np.nan
+            return x
         return self._data[info.label][s0:s1].copy()
 
     def iter_epochs(self, signals=None, n_epochs_per_block: int = 20, epoch_s: float = 30.0):

@@ -8,6 +8,7 @@ import os
 import pydoc
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,30 @@ def test_mne_raw_array_uses_channel_types_and_volts():
     raw.info["bads"] = ["ch2"]                                       # MNE's bad channels are not used
     eeg_only = sleepedge.score(raw)
     assert eeg_only.roles_used == {"EEG": "ch1"} and any("ch2" in w for w in eeg_only.warnings)
+
+
+def test_mne_bad_annotations_are_scored_as_gaps():
+    """`BAD_*` spans of a Raw (MNE's way to mark artefacts) are NaN and flagged `gap`, as EDF+D holes
+    are; epochs before the first span are unchanged (causal), other annotations are ignored."""
+    mne = pytest.importorskip("mne")
+    sig = signals_for(10, seed=5, rates={"EEG Fpz-Cz": 100.0, "EOG horizontal": 100.0})
+    data = np.stack([x for _, x in sig.values()]) * 1e-6
+    info = mne.create_info(list(sig), 100.0, ["eeg", "eog"])
+    clean = sleepedge.score(mne.io.RawArray(data, info, verbose="error"))
+    raw = mne.io.RawArray(data, info, verbose="error")
+    raw.set_meas_date(datetime(2020, 1, 1, 22, 0, tzinfo=timezone.utc))
+    raw.set_annotations(mne.Annotations([95.0, 100.0, 200.0, 300.0], [40.0, 10.0, 5.0, 30.0],
+                                        ["BAD_movement", "bad_electrode", "Sleep stage W", "EDGE"],
+                                        orig_time=raw.info["meas_date"]))
+    night = sleepedge.score(raw)
+    gap = [i for i, q in enumerate(night.quality) if "gap" in q]
+    assert gap == [3, 4]                                   # [95, 135) s overlaps epochs 3 and 4
+    assert any("BAD_* annotation span" in w and "40 s" in w for w in night.warnings)
+    assert list(night.stages[:3]) == list(clean.stages[:3])
+    assert np.array_equal(night.proba[:3], clean.proba[:3])
+    assert "gap" not in "".join(clean.quality)
+    cropped = sleepedge.score(raw.copy().crop(60.0, None))  # onsets count from the cropped Raw's first sample
+    assert [i for i, q in enumerate(cropped.quality) if "gap" in q] == [1, 2]   # [35, 75) s
 
 
 def test_channels_override_as_the_cli(edf, by_path):
