@@ -364,7 +364,7 @@ def render_md(res: dict, provenance: str = "") -> str:
         if f:
             L.append(f"- {name}: " + " / ".join(f"{f[s]:.2f}" for s in STAGES))
     L.append("")
-    L.append(f"Reference kappas on the 841 epochs measured earlier by someone else on this machine: "
+    L.append("Reference kappas on the 841 epochs measured earlier by someone else on this machine: "
              + ", ".join(f"{k} {v}" for k, v in res.get("reference_kappa_sleep_period", {}).items()) + ".")
     L.append(f"Timing: {res['rounds']} round(s), whole processes (interpreter start, imports, model load, read, score, "
              f"write); wall = perf_counter around the process, CPU = user+system of the process tree, peak RSS from "

@@ -371,10 +371,8 @@ def make_sessions(bundle, device: str = "auto", threads: int = 1) -> Engine:
         providers = [(p, _trt_ep_options()) if p == "TensorrtExecutionProvider" else p for p in providers]
         epoch = _OrtGraph(bundle, "epoch", providers, threads)
         step = _OrtGraph(bundle, "step", providers, threads)
-        night = None
-        if "night" in (bundle.manifest.get("graphs") or {}):
-            def night():
-                return _OrtGraph(bundle, "night", providers, threads)
+        night = ((lambda: _OrtGraph(bundle, "night", providers, threads))
+                 if "night" in (bundle.manifest.get("graphs") or {}) else None)   # loaded on first use
         return Engine(name, epoch.providers, epoch, step, state_spec, threads, night_loader=night)
 
     def trt_engine() -> Engine:

@@ -299,8 +299,9 @@ def night_report(night) -> dict:
     for key in [k for k in stats if k in ("ahi", "odi", "arousal_index") or (k.startswith("n_") and k != "n_epochs"
                                                                                 and k != "n_awakenings")]:
         stats.pop(key, None)  # event counts need scored events: the estimate is in ahi_estimate
+    counts = np.bincount(hyp.stages, minlength=len(STAGES))
     events = estimated_events(epochs)
-    n_sleep = int(sum(e.stage != 0 for e in epochs))
+    n_sleep = int(len(epochs) - counts[0])
     tst_h = n_sleep * EPOCH_S / 3600.0
     n_apnea = sum(1 for *_, k in events if k == "apnea")
     n_hypop = sum(1 for *_, k in events if k == "hypopnea")
@@ -312,7 +313,7 @@ def night_report(night) -> dict:
                 quality.setdefault(role, {}).setdefault(name, 0)
                 quality[role][name] += 1
     lat = np.array([e.latency_ms for e in epochs]) if epochs else np.zeros(1)
-    stage_pct = {s: (100.0 * float(np.mean([e.stage == i for e in epochs])) if epochs else 0.0) for i, s in enumerate(STAGES)}
+    stage_pct = {s: (100.0 * float(counts[i] / len(epochs)) if epochs else 0.0) for i, s in enumerate(STAGES)}
     return {
         "notice": night.notice,
         "source": night.source,

@@ -339,9 +339,10 @@ _TAL_ONSET_LENIENT = re.compile(rb"^[+-]?\d*\.?\d*$")
 _TAL_DURATION = re.compile(rb"^\d*\.?\d*$")
 _NK_MISSING_NUL = re.compile(rb"\x14\x14(?=[+-]\d)")
 def _timekeeping_only(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Records (rows of an "EDF Annotations" block, int16) that hold nothing but their time-keeping
-    TAL, exactly `_TAL_TIMEKEEPING_ONLY`: (mask, onsets (NaN elsewhere)) - what parse_tal_record
-    returns for them is (onset, [], []). Checked with array operations for the whole block."""
+    r"""Records (rows of an "EDF Annotations" block, int16) that hold nothing but their time-keeping
+    TAL, exactly `+\d+(\.\d+)?\x14\x14\x00+` (NUL padding to the end): (mask, onsets (NaN
+    elsewhere)) - what parse_tal_record returns for them is (onset, [], []). Checked with array
+    operations for the whole block, without the general parser."""
     A = np.ascontiguousarray(col).view(np.uint8)
     n, nb = A.shape
     vals = np.full(n, np.nan)
@@ -370,11 +371,6 @@ def _timekeeping_only(col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for r in np.nonzero(ok & ~whole)[0]:
         vals[r] = float(A[r, 1: k[r]].tobytes())
     return ok, vals
-
-
-# a record holding nothing but its time-keeping TAL ("+123\x14\x14\0" + NUL padding): what
-# parse_tal_record returns for it is (onset, [], []), read here without the general parser
-_TAL_TIMEKEEPING_ONLY = re.compile(rb"\+(\d+(?:\.\d+)?)\x14\x14\x00+")
 
 
 def _tal_float(raw: bytes, lenient: re.Pattern[bytes]) -> float | None:
