@@ -653,19 +653,40 @@ def compare(a, b) -> Agreement:
     return _agreement(xa[keep], xb[keep], int(ra.size), int(rb.size), offset)
 
 
-def _agreement(ref: np.ndarray, pred: np.ndarray, n_a: int, n_b: int, offset: int = 0) -> Agreement:
-    k = len(STAGES)
+def stage_confusion(ref, pred, k: int = len(STAGES)) -> np.ndarray:
+    """Counts C[i, j] = epochs of class i in `ref` given class j in `pred` (codes 0..k-1 only;
+    drop unscored epochs first). The one confusion matrix of the project (`train.metrics`,
+    `bench.agreement` and `compare` use it)."""
     cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (ref, pred), 1)
+    np.add.at(cm, (np.asarray(ref, np.int64), np.asarray(pred, np.int64)), 1)
+    return cm
+
+
+def stage_f1(cm: np.ndarray) -> np.ndarray:
+    """F1 of each class from a confusion matrix (0 where the class is absent and never predicted)."""
+    tp = np.diag(cm).astype(np.float64)
+    denom = (cm.sum(0) + cm.sum(1)).astype(np.float64)   # = 2tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def stage_kappa(cm: np.ndarray) -> float | None:
+    """Cohen's kappa from a confusion matrix; None when undefined (nothing counted, or one class
+    only in both: chance agreement 1)."""
+    n = int(cm.sum())
+    if n == 0:
+        return None
+    po = float(np.trace(cm) / n)
+    pe = float((cm.sum(0).astype(float) * cm.sum(1).astype(float)).sum() / (n * n))
+    return float((po - pe) / (1 - pe)) if pe < 1 else None
+
+
+def _agreement(ref: np.ndarray, pred: np.ndarray, n_a: int, n_b: int, offset: int = 0) -> Agreement:
+    cm = stage_confusion(ref, pred)
     n = int(cm.sum())
     if n == 0:
         return Agreement(0, n_a, n_b, None, None, None, {}, cm, offset)
-    acc = float(np.trace(cm) / n)
-    tp = np.diag(cm).astype(float)
-    col, row = cm.sum(0).astype(float), cm.sum(1).astype(float)
-    f1 = np.array([2 * tp[i] / (col[i] + row[i]) if col[i] + row[i] > 0 else 0.0 for i in range(k)])
-    present = row > 0   # macro over the stages present in the reference
+    f1 = stage_f1(cm)
+    present = cm.sum(1) > 0   # macro over the stages present in the reference
     macro = float(f1[present].mean()) if present.any() else None
-    pe = float((col * row).sum() / (n * n))
-    kappa = float((acc - pe) / (1 - pe)) if pe < 1 else None   # undefined with one class only
-    return Agreement(n, n_a, n_b, acc, kappa, macro, {s: float(v) for s, v in zip(STAGES, f1)}, cm, offset)
+    return Agreement(n, n_a, n_b, float(np.trace(cm) / n), stage_kappa(cm), macro,
+                     {s: float(v) for s, v in zip(STAGES, f1)}, cm, offset)

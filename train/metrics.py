@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
+from sleepedge.api import stage_confusion, stage_f1, stage_kappa
 from sleepedge.contract import IGNORE, STAGES
 
 
@@ -25,28 +26,21 @@ def _valid(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def confusion_matrix(y_true, y_pred, n_classes: int = len(STAGES)) -> np.ndarray:
     """Counts C[i, j] = epochs of true class i predicted as j (IGNORE dropped)."""
-    t, p = _valid(y_true, y_pred)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (t, p), 1)
-    return cm
+    return stage_confusion(*_valid(y_true, y_pred), n_classes)
 
 
 def per_class_f1(cm: np.ndarray) -> np.ndarray:
     """F1 of each class from a confusion matrix (0 where the class is absent and never predicted)."""
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(0) + cm.sum(1)  # = 2tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return stage_f1(cm)
 
 
 def cohen_kappa(cm: np.ndarray) -> float:
-    n = cm.sum()
-    if n == 0:
-        return float("nan")
-    po = np.trace(cm) / n
-    pe = float((cm.sum(0) * cm.sum(1)).sum()) / (n * n)
-    if pe == 1.0:
-        return 1.0 if po == 1.0 else 0.0
-    return float((po - pe) / (1.0 - pe))
+    """`sleepedge.api.stage_kappa`, with training's conventions where it is undefined: NaN when
+    nothing is counted, 1.0 for one class only in both (perfect agreement)."""
+    kappa = stage_kappa(cm)
+    if kappa is not None:
+        return kappa
+    return float("nan") if cm.sum() == 0 else 1.0
 
 
 def staging_metrics(y_true, y_pred) -> dict:
