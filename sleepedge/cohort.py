@@ -48,7 +48,6 @@ PARTS = "parts"
 EPOCHS = "epochs.parquet"
 TABLE = "cohort.parquet"
 INSTALL = "pip install 'sleepedge[cohort]'"
-HASH_CHUNK = 1 << 20
 TASK_PREFIX = "sleepedge-night-"
 # the LocalCluster's Dask settings (a --scheduler cluster keeps its own; README: set them there too).
 # Measured, 1 worker, 10 one-hour nights: worker CPU per night 0.442 s -> 0.372 s, wall 0.648 -> 0.497 s
@@ -111,16 +110,6 @@ def discover(items: Iterable[str | os.PathLike], out: Path | None = None) -> lis
         raise CohortError(f"cohort: no EDF recording in {', '.join(map(str, items)) or 'the arguments'}; "
                           "pass EDF files, folders holding *.edf, or globs")
     return found
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            block = fh.read(HASH_CHUNK)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
 
 
 def model_sha256(bundle) -> str:
@@ -266,9 +255,10 @@ def _worker_model(model_path: str, model_sha: str, device: str):
         from sleepedge.bundle import load_bundle
 
         bundle = load_bundle(model_path)
-        if model_sha256(bundle) != model_sha:
+        got = model_sha256(bundle)
+        if got != model_sha:
             raise CohortError(f"bundle {model_path} on this worker differs from the client's (model hash "
-                              f"{model_sha256(bundle)[:12]} != {model_sha[:12]}); give every worker the same bundle")
+                              f"{got[:12]} != {model_sha[:12]}); give every worker the same bundle")
         _WORKER_MODELS.clear()      # one model per worker process
         _WORKER_MODELS[key] = (bundle, make_sessions(bundle, device=device, threads=1))
     return _WORKER_MODELS[key]
@@ -329,7 +319,9 @@ def score_night_task(job: dict) -> dict:
            "model_sha256": job["model_sha256"], "status": "error", "error": "", "warnings": "", "outputs": "",
            "worker": _worker_name(), "pid": os.getpid(), "sleepedge_version": __version__}
     try:
-        sha = file_sha256(Path(path))
+        from sleepedge.bundle import sha256_file
+
+        sha = sha256_file(Path(path))
         row["content_sha256"] = sha
         row["night"] = night_key(sha, job["model_sha256"])
         if not job.get("force"):
@@ -487,7 +479,6 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
     except ModuleNotFoundError as ex:
         raise CohortError(f"cohort scoring needs {ex.name}, which is not installed here; install it with: {INSTALL}") from None
     from runtime.sinks import check_writable, parse_formats
-    from sleepedge.bundle import resolve_model
     from sleepedge.channels import parse_overrides
 
     if isinstance(paths, (str, os.PathLike)):
@@ -497,7 +488,7 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
     overrides = parse_overrides(list(channel or []))
     recordings = discover(paths, out)
     bundle = _load_model(model)                        # a bad model fails here, before any cluster
-    model_path = str(Path(resolve_model(model)).resolve())
+    model_path = str(bundle.source.resolve())          # the path `_load_model` resolved --model to
     msha = model_sha256(bundle)
     used: set[str] = set()
     stems = {r: _out_stem(r, used) for r in recordings}
