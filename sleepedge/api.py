@@ -379,23 +379,13 @@ class Night:
         that was scored (orig_time None); `mne.events_from_annotations(raw, chunk_duration=30)`
         gives one event per epoch back."""
         mne = _need("mne", "Night.to_mne_annotations()")
-        from runtime.sinks import EDF_STAGE_TEXT, estimated_events
+        from runtime.sinks import EDF_STAGE_TEXT, _stage_spans, estimated_events, respiratory_status
 
-        onsets, durations, texts = [], [], []
-        for e in self.result.epochs:
-            text = EDF_STAGE_TEXT[e.stage_name]
-            if texts and texts[-1] == text and abs(onsets[-1] + durations[-1] - e.onset_s) < 1e-6:
-                durations[-1] += EPOCH_S
-            else:
-                onsets.append(e.onset_s)
-                durations.append(EPOCH_S)
-                texts.append(text)
-        if self.p_apnea is not None:
-            for o, d, k in estimated_events(self.result.epochs):
-                onsets.append(o)
-                durations.append(d)
-                texts.append(f"{k} (estimated)")
-        return mne.Annotations(onset=onsets, duration=durations, description=texts, orig_time=orig_time)
+        spans = [(o, d, EDF_STAGE_TEXT[s]) for o, d, s in _stage_spans(self.result.epochs)]   # the EDF+ writer's runs
+        if respiratory_status(self.result)[0]:
+            spans += [(o, d, f"{k} (estimated)") for o, d, k in estimated_events(self.result.epochs)]
+        return mne.Annotations(onset=[o for o, _, _ in spans], duration=[d for _, d, _ in spans],
+                               description=[t for _, _, t in spans], orig_time=orig_time)
 
     def save(self, out_dir, formats: str | Sequence[str] = "tsv,csv,edf,json,png", stem: str | None = None) -> dict[str, Path]:
         """Write the CLI's outputs (`OUT/<stem>.sleepedge.{tsv,csv,edf,json,png}`) with the CLI's
