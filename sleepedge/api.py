@@ -348,16 +348,17 @@ class Night:
         duration, stage, p_W..p_REM, p_apnea, p_hypopnea (NaN when not reported), quality;
         plus `time` (datetime) when the recording start is known."""
         pd = _need("pandas", "Night.to_dataframe()")
-        n = len(self)
-        df = pd.DataFrame({"onset": self.onsets, "duration": np.full(n, EPOCH_S), "stage": self.stages})
+        n, onsets = len(self), self.onsets
+        df = pd.DataFrame({"onset": onsets, "duration": np.full(n, EPOCH_S), "stage": self.stages})
         for i, s in enumerate(STAGES):
             df[f"p_{s}"] = self.proba[:, i] if n else np.zeros(0)
         nan = np.full(n, np.nan)
-        df["p_apnea"] = self.p_apnea if self.p_apnea is not None else nan
-        df["p_hypopnea"] = self.p_hypopnea if self.p_hypopnea is not None else nan
+        p_apnea, p_hypopnea = self.p_apnea, self.p_hypopnea   # each built from the epochs on access
+        df["p_apnea"] = p_apnea if p_apnea is not None else nan
+        df["p_hypopnea"] = p_hypopnea if p_hypopnea is not None else nan
         df["quality"] = self.quality
         if self.start is not None:
-            df["time"] = pd.Timestamp(self.start) + pd.to_timedelta(self.onsets, unit="s")
+            df["time"] = pd.Timestamp(self.start) + pd.to_timedelta(onsets, unit="s")
         df.index.name = "epoch"
         return df
 
