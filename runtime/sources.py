@@ -341,7 +341,6 @@ class ArrayRecording:
     samples (the scorer flags those epochs `nan`). Channels may have different rates and lengths.
     """
 
-    MAX_BLOCK_SAMPLES = 4_000_000    # as sleepedge.edf's iter_epochs: fewer epochs per block above ~4 kHz
     MAX_SAMPLES = 400_000_000        # per channel: ~46 days at 100 Hz; more is a wrong array, not a night
 
     def __init__(self, signals: Mapping[str, tuple[np.ndarray, float]], *, start: datetime | None = None,
@@ -461,10 +460,12 @@ class ArrayRecording:
 
     def iter_epochs(self, signals=None, n_epochs_per_block: int = 20, epoch_s: float = 30.0):
         """(onset_s, {label: samples}) blocks of `n_epochs_per_block` epochs, cut as
-        `EDFReader.iter_epochs` cuts them."""
+        `EDFReader.iter_epochs` cuts them (its per-block sample bound included)."""
+        from sleepedge.edf import _MAX_BLOCK_SAMPLES
+
         infos = [self.header.signal(s) for s in (self.header.signals if signals is None else signals)]
         fs_max = max((i.fs_hz for i in infos), default=1.0)
-        n = max(1, min(int(n_epochs_per_block), int(self.MAX_BLOCK_SAMPLES // (float(epoch_s) * fs_max))))
+        n = max(1, min(int(n_epochs_per_block), int(_MAX_BLOCK_SAMPLES // (float(epoch_s) * fs_max))))
         block_s = n * float(epoch_s)
         total = self.header.duration_s
         k = 0
