@@ -468,21 +468,17 @@ _WFDB_EVENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _wfdb_start(record: str) -> datetime | None:
-    """Base date/time of a WFDB record header (`<record>.hea`), None when absent/unreadable."""
-    import wfdb
-
+def _wfdb_header(wfdb, record: str):
+    """The WFDB record header (`<record>.hea`: sampling frequency, base date/time), None when
+    absent/unreadable."""
     if not Path(record + ".hea").is_file():
         return None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"wfdb(\..*)?")
-            head = wfdb.rdheader(record)
-    except Exception:  # noqa: BLE001 - a header we cannot read only costs the start time
+            return wfdb.rdheader(record)
+    except Exception:  # noqa: BLE001 - a header we cannot read only costs the start time (and fs)
         return None
-    if head.base_date is not None and head.base_time is not None:
-        return datetime.combine(head.base_date, head.base_time)
-    return None
 
 
 def _read_wfdb(path: Path) -> tuple[Hypnogram, list[Event]]:
@@ -502,12 +498,8 @@ def _read_wfdb(path: Path) -> tuple[Hypnogram, list[Event]]:
     except Exception as exc:  # noqa: BLE001 - wfdb raises ValueError/IndexError/... on a bad file
         raise ScoringError(f"{source}: not a readable WFDB annotation file ({type(exc).__name__}: "
                            f"{str(exc)[:80]}); expected a PhysioNet annotator such as slp01a.st") from None
-    fs = ann.fs
-    if not fs:
-        try:
-            fs = wfdb.rdheader(record).fs
-        except Exception:  # noqa: BLE001
-            fs = None
+    head = _wfdb_header(wfdb, record)
+    fs = ann.fs or (head.fs if head is not None else None)
     if not fs or not math.isfinite(float(fs)) or float(fs) <= 0:
         raise ScoringError(f"{source}: WFDB annotations without a sampling frequency and no readable "
                            f"{Path(record).name}.hea beside them; put the record header next to the file")
@@ -538,7 +530,10 @@ def _read_wfdb(path: Path) -> tuple[Hypnogram, list[Event]]:
         for tok in toks:
             for kind in _WFDB_EVENTS.get(tok, ()):   # L / LL... leg movements: not an event kind
                 events.append(Event(k * EPOCH_S, EPOCH_S, kind, tok))
-    return Hypnogram(stages, EPOCH_S, _wfdb_start(record), source), events
+    start = None
+    if head is not None and head.base_date is not None and head.base_time is not None:
+        start = datetime.combine(head.base_date, head.base_time)
+    return Hypnogram(stages, EPOCH_S, start, source), events
 
 
 # --------------------------------------------------------------------------- XML
