@@ -84,25 +84,27 @@ def discover(items: Iterable[str | os.PathLike], out: Path | None = None) -> lis
         seen.add(r)
         found.append(p.absolute())
 
-    for item in items:
-        text = str(item)
-        p = Path(text).expanduser()
+    def add_any(p: Path) -> bool:
+        """A folder (its *.edf, recursively) or a file; False when `p` is neither."""
         if p.is_dir():
             for f in sorted(x for x in p.rglob("*") if x.suffix.lower() == ".edf" and x.is_file()):
                 add(f)
         elif p.is_file():
             add(p)
-        elif glob.has_magic(text):
+        else:
+            return False
+        return True
+
+    for item in items:
+        text = str(item)
+        if add_any(Path(text).expanduser()):
+            continue
+        if glob.has_magic(text):
             hits = sorted(glob.glob(os.path.expanduser(text), recursive=True))
             if not hits:
                 raise CohortError(f"cohort: {text!r} matches no file; pass EDF files, folders or globs that exist")
             for h in hits:
-                hp = Path(h)
-                if hp.is_dir():
-                    for f in sorted(x for x in hp.rglob("*") if x.suffix.lower() == ".edf" and x.is_file()):
-                        add(f)
-                elif hp.is_file():
-                    add(hp)
+                add_any(Path(h))
         else:
             raise CohortError(f"cohort: recording {text} does not exist; pass EDF files, folders (searched for "
                               "*.edf) or globs")
