@@ -302,9 +302,11 @@ def _finite(v):
     return v
 
 
-def _outputs_exist(out: Path, stem: str, formats) -> bool:
-    """Every per-night file asked for is there (a resume with more --formats, or deleted files, rescores)."""
-    return all((Path(out) / f"{stem}.{f}").exists() for f in formats)
+def _scored(out: Path, key: str, row: dict | None, formats) -> bool:
+    """`row` (the part of night `key`) is an ok night whose epoch part and every per-night file
+    asked for are there (a resume with more --formats, or deleted files, rescores)."""
+    return (bool(row) and row.get("status") == "ok" and epochs_path(out, key).exists()
+            and all((Path(out) / f"{row.get('stem')}.{f}").exists() for f in formats))
 
 
 def score_night_task(job: dict) -> dict:
@@ -328,8 +330,7 @@ def score_night_task(job: dict) -> dict:
         row["night"] = night_key(sha, job["model_sha256"])
         if not job.get("force"):
             done = read_part(out, row["night"])
-            if (done and done.get("status") == "ok" and epochs_path(out, row["night"]).exists()
-                    and _outputs_exist(out, str(done.get("stem")), job["formats"])):
+            if _scored(out, row["night"], done, job["formats"]):
                 return {**done, "skipped": True}     # same content, same model: a moved or touched file
         from sleepedge.commands.score import score_night
 
@@ -496,11 +497,11 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
     stems = {r: _out_stem(r, used) for r in recordings}
     (out / PARTS).mkdir(exist_ok=True)
 
-    # resume: (file, size, mtime, model) of an ok part with its epoch part -> skipped unread
+    # resume: (file, size, mtime, model) of an ok part with its epoch part and files -> skipped unread
     done = {}
     if not force:
-        for row in load_parts(out).values():
-            if row.get("status") == "ok" and row.get("model_sha256") == msha and epochs_path(out, row["night"]).exists():
+        for key, row in load_parts(out).items():
+            if row.get("model_sha256") == msha and _scored(out, key, row, fmts):
                 done[(row.get("file"), row.get("size_bytes"), row.get("mtime_ns"))] = row
     jobs, counts = [], {"ok": 0, "failed": 0, "skipped": 0}
     for rec in recordings:
@@ -510,7 +511,7 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
         except OSError:
             size = mtime = None
         prev = done.get((str(rec), size, mtime))
-        if prev is not None and prev.get("stem") == stems[rec] and _outputs_exist(out, stems[rec], fmts):
+        if prev is not None and prev.get("stem") == stems[rec]:
             counts["skipped"] += 1
             continue
         jobs.append({"file": str(rec), "stem": stems[rec],
