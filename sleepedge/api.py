@@ -599,9 +599,7 @@ def _as_hypnogram(x, name: str) -> Hypnogram:
         return Hypnogram(np.where(np.isin(arr, (-1, -2)), IGNORE, arr), EPOCH_S, None, name)
     if arr.dtype.kind == "f":
         return Hypnogram(np.where(np.isnan(arr), IGNORE, arr), EPOCH_S, None, name)
-    aliases = {"WAKE": 0, "UNS": IGNORE, "ART": IGNORE}
-    codes = [aliases[str(v).upper()] if str(v).upper() in aliases else stage_code(str(v), f"compare {name}")
-             for v in arr.tolist()]
+    codes = [stage_code(str(v), f"compare {name}") for v in arr.tolist()]   # YASA's WAKE/UNS/ART included
     return Hypnogram(np.array(codes, dtype=np.int64), EPOCH_S, None, name)
 
 
