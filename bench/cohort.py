@@ -102,19 +102,11 @@ def table_summary(out: Path) -> dict:
 
 def kill_run(files: list[Path], out: Path, fmts: str, kill_after: int) -> dict:
     """2 workers; SIGKILL the worker of an in-flight night once `kill_after` nights are done."""
-    import logging
-
     import pandas as pd
-    from distributed import Client, LocalCluster
 
     from sleepedge import cohort
 
-    import dask
-
-    with dask.config.set(cohort.LOCAL_CONFIG):   # what `sleepedge cohort score` starts
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
-    client = Client(cluster)
+    client, cluster = cohort._start_cluster(2, None)   # what `sleepedge cohort score --workers 2` starts
     try:
         pids = client.run(os.getpid)
         res: dict = {}
@@ -228,22 +220,12 @@ def main(argv=None) -> int:
     marg_ratio = [c / s_ for c, s_ in zip(marg["cohort-1"], marg["score-1t"])]
     marg_cpu_ratio = [c / s_ for c, s_ in zip(marg_cpu["cohort-1"], marg_cpu["score-1t"])]
     # cluster start + stop alone (no nights): the fixed cost of the engine
-    empty = a.workdir / "in-empty"
-    empty.mkdir(exist_ok=True)
     start_cost = []
+    from sleepedge.cohort import _start_cluster
+
     for _ in range(a.rounds):
         t0 = time.perf_counter()
-        from distributed import Client, LocalCluster
-        import logging
-
-        import dask
-
-        from sleepedge.cohort import LOCAL_CONFIG
-
-        with dask.config.set(LOCAL_CONFIG):
-            c = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
-                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
-        cl = Client(c)
+        cl, c = _start_cluster(1, None)
         cl.close()
         c.close()
         start_cost.append(time.perf_counter() - t0)
