@@ -45,8 +45,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sleepedge.contract import is_finite_number
-from sleepedge.errors import BundleError
+from sleepedge.contract import ROLES, is_finite_number
+from sleepedge.errors import BundleError, SleepEdgeError
 
 SCHEMA = "sleepedge.bundle/1"
 MANIFEST = "manifest.json"
@@ -392,14 +392,9 @@ _OBJECT_KEYS = ("model", "signal", "labels", "graphs", "state", "engines", "vers
 MAX_STATE_ELEMENTS = 10_000_000   # 40 MB of float32 per recurrent state (the paper-size model holds ~0.1 M)
 
 
-_number = is_finite_number
-
-
 def _validate_values(m: dict, src: Path) -> None:
     """Types and values the runtime relies on (issue 14: a mutated manifest is a one-line BundleError,
     never a TypeError in the scorer or a state allocation sized by the manifest)."""
-    from sleepedge.contract import ROLES
-    from sleepedge.errors import SleepEdgeError
 
     def bad(what: str, value) -> BundleError:
         text = repr(value)
@@ -412,9 +407,9 @@ def _validate_values(m: dict, src: Path) -> None:
     if (not isinstance(mods, list) or not mods or any(r not in ROLES for r in mods if isinstance(r, str))
             or not all(isinstance(r, str) for r in mods) or len(set(mods)) != len(mods)):
         raise bad(f"signal.modalities (expected distinct roles from {list(ROLES)})", mods)
-    if not (_number(sig["fs_hz"]) and sig["fs_hz"] > 0):
+    if not (is_finite_number(sig["fs_hz"]) and sig["fs_hz"] > 0):
         raise bad("signal.fs_hz", sig["fs_hz"])
-    if not (_number(sig["epoch_s"]) and sig["epoch_s"] > 0):
+    if not (is_finite_number(sig["epoch_s"]) and sig["epoch_s"] > 0):
         raise bad("signal.epoch_s", sig["epoch_s"])
     n = sig["epoch_samples"]
     want = float(sig["fs_hz"]) * float(sig["epoch_s"])
