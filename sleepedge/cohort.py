@@ -183,11 +183,19 @@ def epochs_path(out: Path, key: str) -> Path:
     return Path(out) / EPOCHS / f"shard={key[:2]}" / f"{key}.parquet"
 
 
-def _write_epochs(out: Path, key: str, night) -> Path:
+def _write_parquet(path: Path, table) -> None:
+    """A pyarrow Table -> zstd Parquet at `path`, atomically."""
     import io
 
-    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    _atomic_bytes(path, buf.getvalue())
+
+
+def _write_epochs(out: Path, key: str, night) -> Path:
+    import pyarrow as pa
 
     ep = night.epochs
     n = len(ep)
@@ -198,11 +206,8 @@ def _write_epochs(out: Path, key: str, night) -> Path:
     cols["p_apnea"] = [e.p_apnea for e in ep]
     cols["p_hypopnea"] = [e.p_hypopnea for e in ep]
     cols["quality"] = [e.quality_str() for e in ep]
-    table = pa.Table.from_pydict(cols, schema=epoch_schema())
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
     path = epochs_path(out, key)
-    _atomic_bytes(path, buf.getvalue())
+    _write_parquet(path, pa.Table.from_pydict(cols, schema=epoch_schema()))
     return path
 
 
@@ -377,10 +382,7 @@ def assemble(out: Path) -> Path:
     """parts/*.json -> OUT/cohort.parquet (one row per night, atomically replaced). Per (file,
     model) only the newest part is kept: a file that changed, or an error later scored ok,
     leaves one row; the superseded parts and their epoch parts are removed."""
-    import io
-
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = Path(out)
     rows = load_parts(out)
@@ -395,11 +397,8 @@ def assemble(out: Path) -> Path:
             p.unlink(missing_ok=True)
     schema = night_schema()
     ordered = sorted((r for r in newest.values()), key=lambda r: (str(r.get("file")), str(r.get("model_sha256"))))
-    table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in ordered], schema=schema)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
     path = out / TABLE
-    _atomic_bytes(path, buf.getvalue())
+    _write_parquet(path, pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in ordered], schema=schema))
     return path
 
 
