@@ -314,19 +314,25 @@ def _scored(out: Path, key: str, row: dict | None, formats) -> bool:
             and all((Path(out) / f"{row.get('stem')}.{f}").exists() for f in formats))
 
 
+def _job_row(job: dict, **fields) -> dict:
+    """A night's row as far as its job says (an error until scored), plus `fields`."""
+    from sleepedge import __version__
+
+    path = job["file"]
+    return {"file": path, "name": Path(path).name, "stem": job["stem"], "size_bytes": job.get("size_bytes"),
+            "mtime_ns": job.get("mtime_ns"), "model_id": job["model_id"], "model_sha256": job["model_sha256"],
+            "status": "error", "sleepedge_version": __version__, **fields}
+
+
 def score_night_task(job: dict) -> dict:
     """One night on a worker: hash, score (the `sleepedge score` path), write the epoch part, then
     the night's row (the done-marker). Never raises for a bad night: its error becomes the row."""
     import warnings
 
-    from sleepedge import __version__
-
     t0 = time.perf_counter()
     out, path = Path(job["out"]), job["file"]
-    row = {"night": None, "file": path, "name": Path(path).name, "stem": job["stem"], "content_sha256": None,
-           "size_bytes": job.get("size_bytes"), "mtime_ns": job.get("mtime_ns"), "model_id": job["model_id"],
-           "model_sha256": job["model_sha256"], "status": "error", "error": "", "warnings": "", "outputs": "",
-           "worker": _worker_name(), "pid": os.getpid(), "sleepedge_version": __version__}
+    row = _job_row(job, night=None, content_sha256=None, error="", warnings="", outputs="", worker=_worker_name(),
+                   pid=os.getpid())
     try:
         from sleepedge.bundle import sha256_file
 
@@ -568,11 +574,6 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
 
 
 def _lost_row(job: dict, ex: BaseException) -> dict:
-    from sleepedge import __version__
-
     msg = " ".join(f"{type(ex).__name__}: {ex}".split())
-    return {"night": _path_key(job["file"], job["model_sha256"]), "file": job["file"], "name": Path(job["file"]).name,
-            "stem": job["stem"], "size_bytes": job.get("size_bytes"), "mtime_ns": job.get("mtime_ns"),
-            "model_id": job["model_id"], "model_sha256": job["model_sha256"], "status": "error",
-            "error": f"the night did not finish on the cluster ({msg})", "finished_utc": _utc(),
-            "sleepedge_version": __version__}
+    return _job_row(job, night=_path_key(job["file"], job["model_sha256"]),
+                    error=f"the night did not finish on the cluster ({msg})", finished_utc=_utc())
