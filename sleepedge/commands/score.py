@@ -60,6 +60,11 @@ def trained_on(bundle) -> str:
     return f"model {bundle.name}: trained on {head}"
 
 
+def _notice(bundle) -> str:
+    """The provenance notice shown with (and written into) every output: a simulated model's only."""
+    return bundle.notice if bundle.simulated else ""
+
+
 def _out_stem(path: Path, used: set[str]) -> str:
     stem = f"{path.stem}{OUT_INFIX}"
     k = 2
@@ -78,7 +83,7 @@ def _partial_night(source: str, start, bundle, engine_desc: str):
     def factory(epochs, roles_used=None, missing=(), extra=(), respiratory=(True, "")):
         return NightResult(source=source, epochs=list(epochs), start=start, roles_used=dict(roles_used or {}),
                            missing_roles=list(missing), extra_roles=list(extra), engine=engine_desc,
-                           manifest_summary=summary, notice=bundle.notice if bundle.simulated else "",
+                           manifest_summary=summary, notice=_notice(bundle),
                            respiratory_ok=respiratory[0], respiratory_reason=respiratory[1])
     return factory
 
@@ -151,7 +156,7 @@ def score_night(rec: Path, bundle, engine, out: Path, stem: str, fmts, overrides
     from runtime.scorer import score_recording
     from runtime.sinks import NightWriter
 
-    notice = bundle.notice if bundle.simulated else ""
+    notice = _notice(bundle)
     state = {} if state is None else state
 
     def on_header(header):
@@ -189,7 +194,7 @@ def score_files(recordings, model=None, out=Path("sleepedge-out"), formats=DEFAU
     err = _console()
     err.print(f"model {bundle.name} ({bundle.source}); {engine.describe()}")
     err.print(trained_on(bundle))
-    notice = bundle.notice if bundle.simulated else ""
+    notice = _notice(bundle)
     if notice:
         err.print(f"notice: {notice}", style="yellow")
     rows, failed, used = [], 0, set()
@@ -249,7 +254,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     source.select(scorer.pre.roles)
     for onset, dur in getattr(getattr(source, "header", None), "gaps", []) or []:
         scorer.mark_gap(onset, onset + dur)
-    notice = bundle.notice if bundle.simulated else ""
+    notice = _notice(bundle)
     writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=20, start=source.start)
     factory = _partial_night(getattr(source, "describe", lambda: "stream")(), source.start, bundle, engine.describe())
     roles_used = {r: source.labels[r] for r in scorer.pre.roles}
