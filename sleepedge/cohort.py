@@ -479,7 +479,7 @@ def score(paths: Sequence[str | os.PathLike] | str | os.PathLike, out: str | os.
 def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, channel=None, formats=None,
         force=False, device="auto", quiet=True, console=None) -> tuple[Path, dict]:
     """`score`, returning (table path, {"ok", "failed", "skipped"} night counts of this run)."""
-    from sleepedge.commands.score import DEFAULT_FORMATS, _load_model, _out_stem
+    from sleepedge.commands.score import DEFAULT_FORMATS, _console, _load_model, _out_stem
 
     try:
         import distributed  # noqa: F401
@@ -525,9 +525,7 @@ def run(paths, out, client=None, *, model=None, workers=None, scheduler=None, ch
                      "force": bool(force), "device": device})
 
     if console is None:
-        from rich.console import Console
-
-        console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+        console = _console()
     owned = own_client = None        # what this call started (and stops): a LocalCluster and/or a Client
     bar = None
     try:
