@@ -178,9 +178,14 @@ def welch_band_matrix(grid: np.ndarray, fs_hz: float = 100.0, nperseg: int = 400
         ph = np.exp(-2j * np.pi * np.outer(nu, n) / fs_hz)
         return np.abs(ph @ w) ** 2
 
-    K = np.zeros((bins.size, grid.size))
-    for i, fk in enumerate(bins):
-        K[i] = kernel(fk - grid) + kernel(fk + grid)   # one-sided PSD: the mirrored image too
+    # one-sided PSD: the mirrored image too. The offsets fk -/+ grid repeat across bins (uniform
+    # steps): the kernel is evaluated once per distinct offset (same values, ~50x less work;
+    # this runs at the first simulated night of every process)
+    nu = np.concatenate([bins[:, None] - grid[None, :], bins[:, None] + grid[None, :]], axis=1)
+    uniq, inv = np.unique(nu, return_inverse=True)
+    kern = np.concatenate([kernel(uniq[a:a + grid.size]) for a in range(0, uniq.size, grid.size)])
+    kv = kern[inv.reshape(nu.shape)]
+    K = kv[:, :grid.size] + kv[:, grid.size:]
     K /= (w**2).sum() * fs_hz                          # white one-sided PSD 1 -> expected bin value 1
     K *= dg
     df = fs_hz / nperseg
