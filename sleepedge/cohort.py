@@ -300,13 +300,6 @@ def _write_part(out: Path, row: dict) -> None:
     _atomic_bytes(Path(out) / PARTS / f"{row['night']}.json", (json.dumps(row, allow_nan=False) + "\n").encode())
 
 
-def _finite(v):
-    """NaN / inf -> None (JSON and Parquet null)."""
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return None
-    return v
-
-
 def _scored(out: Path, key: str, row: dict | None, formats) -> bool:
     """`row` (the part of night `key`) is an ok night whose epoch part and every per-night file
     asked for are there (a resume with more --formats, or deleted files, rescores)."""
@@ -366,7 +359,9 @@ def score_night_task(job: dict) -> dict:
     row["wall_s"] = time.perf_counter() - t0
     row["worker_peak_rss_mb"] = _peak_rss_mb()
     row["finished_utc"] = _utc()
-    row = {k: _finite(v) for k, v in row.items()}
+    from runtime.sinks import _jsonable
+
+    row = _jsonable(row)     # NaN / inf -> None (JSON and Parquet null), as in the night's JSON report
     _write_part(out, row)
     return row
 
