@@ -271,20 +271,16 @@ class ArraySignal:
 
 class RecordingHeader:
     """The part of `sleepedge.edf.EDFHeader` that `score_recording` and the sinks use, for a
-    recording held in memory (gaps: an MNE Raw's BAD_* spans; no annotations, no header quirks)."""
+    recording held in memory (gaps: an MNE Raw's BAD_* spans; no annotations, no header quirks, so
+    no EDF-only fields: path, annotations, edf_plus, discontinuous, unusable)."""
 
     def __init__(self, name: str, signals: list[ArraySignal], start: datetime | None = None,
                  warnings: list[str] | None = None):
-        self.path = Path(name)
         self.name = name
         self.signals = signals
         self.start = start
-        self.annotations: list = []
         self.warnings: list[str] = list(warnings or [])
         self.gaps: list[tuple[float, float]] = []
-        self.edf_plus = False
-        self.discontinuous = False
-        self.unusable: dict[str, str] = {}
 
     @property
     def duration_s(self) -> float:
