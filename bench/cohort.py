@@ -193,12 +193,17 @@ def main(argv=None) -> int:
             log(f"round {r}: {name}: {res.wall_s:.1f} s wall, CPU {res.cpu_s} s, peak RSS {res.peak_rss_mb} MB, rc {res.returncode}")
             if name.startswith("cohort"):
                 tables[name].append(table_summary(o))
+    med = {k: summarize([x.wall_s for x in v])["median"] for k, v in runs.items()}
+
+    def run_rows(tail: bool = False) -> dict:
+        """Every timed run as JSON (tail: with the end of its stderr)."""
+        return {k: [{"wall_s": x.wall_s, "cpu_s": x.cpu_s, "peak_rss_mb": x.peak_rss_mb, "rc": x.returncode,
+                     "loadavg_1min_before": getattr(x, "load1", None),
+                     **({"stderr_tail": x.stderr_tail[-600:]} if tail else {})} for x in v] for k, v in runs.items()}
+
     if a.only:
-        med = {k: summarize([x.wall_s for x in v])["median"] for k, v in runs.items()}
         out = {"when": utc_now(), "commit": git_commit(), "machine": machine_info(), "only": a.only,
-               "runs": {k: [{"wall_s": x.wall_s, "cpu_s": x.cpu_s, "peak_rss_mb": x.peak_rss_mb, "rc": x.returncode,
-                             "loadavg_1min_before": getattr(x, "load1", None)} for x in v] for k, v in runs.items()},
-               "median_wall_s": med}
+               "runs": run_rows(), "median_wall_s": med}
         if "cohort-1" in med and "cohort-2" in med:
             out["speedup cohort-2 vs cohort-1"] = med["cohort-1"] / med["cohort-2"]
             out["paired speed-ups"] = [x.wall_s / y.wall_s for x, y in zip(runs["cohort-1"], runs["cohort-2"])]
@@ -208,7 +213,6 @@ def main(argv=None) -> int:
     stems = [f.stem for f in files if not f.name.startswith("bad-")]
     eq = {k: compare(outs["score-1t"], outs[k], stems) for k in ("score", "cohort-1", "cohort-2")}
     st = {k: stages_vs_tsv(outs[k]) for k in ("cohort-1", "cohort-2")}
-    med = {k: summarize([x.wall_s for x in v])["median"] for k, v in runs.items()}
     med_cpu = {k: summarize([x.cpu_s for x in v if x.cpu_s is not None]).get("median") for k, v in runs.items()}
     # per round, cohort-1 / score-1t (paired: the two ran back to back under the same load)
     paired = [c.wall_s / s_.wall_s for c, s_ in zip(runs["cohort-1"], runs["score-1t"])]
@@ -270,9 +274,7 @@ def main(argv=None) -> int:
         "when": utc_now(), "commit": git_commit(), "machine": machine_info(),
         "inputs": {"simulated_nights": a.nights, "hours": a.hours, "real": REAL.name if REAL.exists() else None,
                    "corrupted": 3, "files": len(files)},
-        "runs": {k: [{"wall_s": x.wall_s, "cpu_s": x.cpu_s, "peak_rss_mb": x.peak_rss_mb, "rc": x.returncode,
-                      "loadavg_1min_before": getattr(x, "load1", None),
-                      "stderr_tail": x.stderr_tail[-600:]} for x in v] for k, v in runs.items()},
+        "runs": run_rows(tail=True),
         "median_wall_s": med, "median_cpu_s": med_cpu, "overhead": overhead, "speedup": speedup,
         "tables": {k: [{kk: vv for kk, vv in t.items() if kk != "per_night"} for t in v] for k, v in tables.items()},
         "equal_to_score_1t": eq, "epochs_parquet_vs_tsv": st,
