@@ -59,6 +59,11 @@ class CalibrationError(SleepEdgeError):
     """Real calibration data missing or unreadable."""
 
 
+def is_test_subject(name: str | Path) -> bool:
+    """A file of Sleep-EDF subject 0 (`TEST_SUBJECT_PREFIXES`): every fit here leaves it out."""
+    return Path(name).name.startswith(TEST_SUBJECT_PREFIXES)
+
+
 def hour_bin(epoch_index: np.ndarray | int, epoch_s: float = EPOCH_S) -> np.ndarray:
     """Hour-of-night bin (0..N_HOUR_BINS-1) of an epoch index counted from lights-off."""
     return np.minimum(np.asarray(epoch_index) * epoch_s // 3600, N_HOUR_BINS - 1).astype(int)
@@ -113,7 +118,9 @@ def load_real_hypnograms(directory: Path) -> list[tuple[str, np.ndarray]]:
 
 
 def fit_hypnogram_model(nights: list[tuple[str, np.ndarray]]) -> dict:
-    """Semi-Markov stage model from (name, stages) pairs. Counts only: deterministic, exact."""
+    """Semi-Markov stage model from (name, stages) pairs. Counts only: deterministic, exact.
+    Subject 0's nights (`is_test_subject`) are left out, whoever passes them."""
+    nights = [(name, st) for name, st in nights if not is_test_subject(name)]
     trans = np.zeros((N_HOUR_BINS, 5, 5), dtype=int)
     bout_lengths: list[list[list[int]]] = [[[] for _ in range(5)] for _ in range(N_THIRDS)]
     initial_wake: list[int] = []
@@ -149,10 +156,10 @@ def fit_hypnogram_model(nights: list[tuple[str, np.ndarray]]) -> dict:
 
 
 def fit_spectral_model(directory: Path, files: list[Path] | None = None) -> dict:
-    """Per-stage band-power distributions of the real Sleep-EDF-78 band-power nights."""
-    if files is None:
-        files = [f for f in sorted(Path(directory).glob("SC4*-PSG.npz")) if not f.name.startswith(TEST_SUBJECT_PREFIXES)]
-    files = list(files)
+    """Per-stage band-power distributions of the real Sleep-EDF-78 band-power nights (subject 0's
+    left out, `is_test_subject`, also from an explicit ``files``)."""
+    files = sorted(Path(directory).glob("SC4*-PSG.npz")) if files is None else files
+    files = [f for f in files if not is_test_subject(f)]
     if not files:
         raise CalibrationError(f"{directory}: no SC4*-PSG.npz; point to ../shared/data/sleep-edf-bandpower-78")
     n_dim = 6 * len(SPECTRAL_CHANNELS)
@@ -514,8 +521,7 @@ def calibrate(data_dir: Path = SHARED_DATA, out_dir: Path = PARAMS_DIR) -> dict[
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     today = _dt.date.today().isoformat()
-    hyp = fit_hypnogram_model([(name, st) for name, st in load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20")
-                               if not name.startswith(TEST_SUBJECT_PREFIXES)])
+    hyp = fit_hypnogram_model(load_real_hypnograms(data_dir / "sleep-edf-hypnograms-sc20"))
     hyp["provenance"]["fitted"] = today
     _CACHE.pop("spectral", None)
     slope = fit_low_freq_slope(data_dir / "yasa-snippets")
