@@ -273,21 +273,28 @@ def fit_amplitude_anchor(short_psg: Path, spectral: dict) -> dict:
     return {"night_sd_uv": out, "source": f"{Path(short_psg).name} (300 s of real Sleep-EDF wake)"}
 
 
-def _match_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, n: int = 20000,
-                    n_iter: int = 8) -> np.ndarray:
-    """Shift the log-relative means so that exp + renormalise of Gaussian draws averages to the
-    real arithmetic mean relative powers (a log-normal mean is not exp of the log mean).
-    Deterministic: fixed draws (seed 0) reused across iterations."""
+def _shift_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, rng: np.random.Generator, n: int,
+                    n_iter: int, measure) -> np.ndarray:
+    """Shift the log-relative means ``mu`` until ``measure`` of the relative powers of Gaussian
+    draws (fixed: ``n`` from ``rng``, reused across iterations) averages to ``rel_mean``.
+    measure: (n, n_ch, 5) relative powers -> (n_ch, 5) their measured mean."""
     w, v = np.linalg.eigh(cov)
-    z = np.random.default_rng(0).standard_normal((n, mu.size)) @ (v * np.sqrt(np.clip(w, 0, None))).T
+    z = rng.standard_normal((n, mu.size)) @ (v * np.sqrt(np.clip(w, 0, None))).T
     mu = mu.copy()
     n_ch = mu.size // 6
     for _ in range(n_iter):
         lr = (mu + z).reshape(n, n_ch, 6)[:, :, :5]
         r = np.exp(lr - lr.max(-1, keepdims=True))
-        got = (r / r.sum(-1, keepdims=True)).mean(0)
-        mu.reshape(n_ch, 6)[:, :5] += np.log(rel_mean / got)
+        mu.reshape(n_ch, 6)[:, :5] += np.log(rel_mean / measure(r / r.sum(-1, keepdims=True)))
     return mu
+
+
+def _match_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, n: int = 20000,
+                    n_iter: int = 8) -> np.ndarray:
+    """Shift the log-relative means so that exp + renormalise of Gaussian draws averages to the
+    real arithmetic mean relative powers (a log-normal mean is not exp of the log mean).
+    Deterministic: fixed draws (seed 0) reused across iterations."""
+    return _shift_rel_mean(mu, cov, rel_mean, np.random.default_rng(0), n, n_iter, lambda r: r.mean(0))
 
 
 def _match_measured_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarray, seed: int = 0,
@@ -300,21 +307,16 @@ def _match_measured_rel_mean(mu: np.ndarray, cov: np.ndarray, rel_mean: np.ndarr
     EOG delta). Monte Carlo with fixed draws (``seed``), 100-Hz synthesis."""
     from sleepedge.simulate.spectra import epoch_bandpower, shaped_noise
 
-    w, v = np.linalg.eigh(cov)
-    z = np.random.default_rng([7, seed]).standard_normal((n, mu.size)) @ (v * np.sqrt(np.clip(w, 0, None))).T
-    mu = mu.copy()
-    n_ch = mu.size // 6
-    for _ in range(n_iter):
-        lr = (mu + z).reshape(n, n_ch, 6)[:, :, :5]
-        r = np.exp(lr - lr.max(-1, keepdims=True))
-        r /= r.sum(-1, keepdims=True)
-        for c in range(n_ch):
+    def measure(r):
+        got = []
+        for c in range(r.shape[1]):
             band = (0.5, 15.0) if c == 2 else (0.5, 30.0)
             x = shaped_noise(r[:, c] * 100.0, 100.0, np.random.default_rng([11, seed, c]), band_hz=band)
             bp = epoch_bandpower(x, 100.0, band_hz=band)
-            got = (bp / bp.sum(-1, keepdims=True)).mean(0)
-            mu.reshape(n_ch, 6)[c, :5] += np.log(rel_mean[c] / got)
-    return mu
+            got.append((bp / bp.sum(-1, keepdims=True)).mean(0))
+        return np.stack(got)
+
+    return _shift_rel_mean(mu, cov, rel_mean, np.random.default_rng([7, seed]), n, n_iter, measure)
 
 
 def feature_vector(features: np.ndarray) -> np.ndarray:
@@ -426,14 +428,9 @@ def _kurtosis_30s(x: np.ndarray, fs: float, band=(0.5, 15.0)) -> float:
     """Median kurtosis of the 30-s windows of ``x`` after the real set's band-pass at 100 Hz."""
     from scipy import stats as sst
 
-    from sleepedge.simulate.spectra import apply_measurement_filter
+    from sleepedge.simulate.spectra import apply_measurement_filter, to_100hz
 
-    if fs != 100.0:
-        from fractions import Fraction
-
-        fr = Fraction(100.0 / fs).limit_denominator(1000)
-        x = sps.resample_poly(x, fr.numerator, fr.denominator)
-    y = apply_measurement_filter(np.asarray(x, float), band)
+    y = apply_measurement_filter(to_100hz(x, fs), band)
     n = y.size // 3000
     return float(np.median(sst.kurtosis(y[: n * 3000].reshape(n, 3000), axis=1, fisher=False)))
 

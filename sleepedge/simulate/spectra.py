@@ -246,18 +246,23 @@ def shaped_noise(bandpower: np.ndarray, fs_hz: float, rng: np.random.Generator,
     return out[h: h + n_ep * n]
 
 
+def to_100hz(x: np.ndarray, fs_hz: float) -> np.ndarray:
+    """``x`` (as float) at the 100 Hz the real band-power set was measured at (polyphase)."""
+    x = np.asarray(x, float)
+    if fs_hz == 100.0:
+        return x
+    from fractions import Fraction
+
+    fr = Fraction(100.0 / fs_hz).limit_denominator(1000)
+    return sps.resample_poly(x, fr.numerator, fr.denominator)
+
+
 def epoch_bandpower(x: np.ndarray, fs_hz: float, epoch_s: float = EPOCH_S, band_hz=(0.5, 30.0),
                     average: str = "median") -> np.ndarray:
     """Band powers the way the real Sleep-EDF-78 set was computed: band-pass (MNE-like FIR,
     zero phase), Welch hamming 4-s, 50 % overlap, median average, at 100 Hz.
     x: (n_samples,) µV at fs_hz -> (n_epochs, 5) µV² (trapezoid-free rectangle sum, df = 0.25 Hz)."""
-    x = np.asarray(x, float)
-    if fs_hz != 100.0:
-        from fractions import Fraction
-
-        fr = Fraction(100.0 / fs_hz).limit_denominator(1000)
-        x = sps.resample_poly(x, fr.numerator, fr.denominator)
-    x = apply_measurement_filter(x, band_hz)
+    x = apply_measurement_filter(to_100hz(x, fs_hz), band_hz)
     n = int(epoch_s * 100)
     n_ep = x.size // n
     f, p = sps.welch(x[: n_ep * n].reshape(n_ep, n), fs=100.0, window="hamming", nperseg=400,
