@@ -21,6 +21,12 @@
    (kurtosis and peak-to-peak per epoch), EOG movement rate per stage, stage-transition
    structure (sampled hypnograms vs the real hypnogram of the same night), epoch-by-epoch band
    power correlation. The largest differences are listed under ``largest``.
+
+Independence: the feature path here (`_fir`, `welch_epochs`, `rel_bandpower`, `to_100hz`)
+deliberately re-states `sleepedge.simulate.spectra` (`measurement_fir`, `epoch_bandpower`) with
+scipy only, so that a bug in the simulator's own measurement cannot hide itself. Shared on
+purpose: the SMD (`realism.smd`), the loading of the real band-power nights
+(`realism.load_real_bandpower`) and the test subject (`calibration.TEST_SUBJECT_PREFIXES`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ import numpy as np
 from scipy import signal as sps
 from scipy import stats as sst
 
+from sleepedge.simulate.calibration import TEST_SUBJECT_PREFIXES
+from sleepedge.simulate.realism import smd
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BP_DIR = DATA / "sleep-edf-bandpower-78"
@@ -46,7 +55,7 @@ REAL_CHANNELS = ("Fpz-Cz", "Pz-Oz", "EOG horizontal")
 BANDS = ((0.5, 4.0), (4.0, 8.0), (8.0, 12.0), (12.0, 16.0), (16.0, 30.0))
 BAND_NAMES = ("delta", "theta", "alpha", "sigma", "beta")
 STAGES = ("W", "N1", "N2", "N3", "REM")
-TEST_SUBJECT = ("SC4001", "SC4002")
+TEST_SUBJECT = TEST_SUBJECT_PREFIXES    # subject 0: measured against, never in the real reference
 
 
 # ------------------------------------------------------------------ independent features
@@ -66,10 +75,15 @@ def to_100hz(x: np.ndarray, fs: float) -> np.ndarray:
     return sps.resample_poly(np.asarray(x, float), fr.numerator, fr.denominator)
 
 
+def _bandpass_z(x100: np.ndarray, band=(0.5, 30.0)) -> np.ndarray:
+    """The real set's zero-phase FIR band-pass (`_fir`), then the per-night z-score."""
+    y = sps.oaconvolve(x100, _fir(*band), mode="same")
+    return (y - y.mean()) / max(y.std(), 1e-12)
+
+
 def welch_epochs(x100: np.ndarray, band=(0.5, 30.0), epoch_s: float = 30.0):
     """Band-pass, per-night z-score, 30-s epochs, Welch (hamming 4 s, 50 %, median) -> (f, P)."""
-    y = sps.oaconvolve(x100, _fir(*band), mode="same")
-    y = (y - y.mean()) / max(y.std(), 1e-12)
+    y = _bandpass_z(x100, band)
     n = int(epoch_s * 100)
     k = y.size // n
     f, p = sps.welch(y[: k * n].reshape(k, n), fs=100.0, window="hamming", nperseg=400, noverlap=200,
@@ -80,6 +94,18 @@ def welch_epochs(x100: np.ndarray, band=(0.5, 30.0), epoch_s: float = 30.0):
 def rel_bandpower(f: np.ndarray, p: np.ndarray) -> np.ndarray:
     bp = np.stack([p[:, (f >= lo) & (f < hi)].sum(1) for lo, hi in BANDS], axis=1)
     return bp / np.maximum(bp.sum(1, keepdims=True), 1e-30)
+
+
+def measure_rel(x: np.ndarray, fs: float, ref_ch: str) -> np.ndarray:
+    """(n_epochs, 5) relative band powers of one derivation, measured like its real reference
+    channel ``ref_ch`` (EOG 0.5-15 Hz, EEG 0.5-30 Hz)."""
+    band = (0.5, 15.0) if ref_ch == "EOG horizontal" else (0.5, 30.0)
+    return rel_bandpower(*welch_epochs(to_100hz(x, fs), band))
+
+
+def stage_means(rel: np.ndarray, st: np.ndarray) -> np.ndarray:
+    """(5 stages, 5 bands) mean relative band powers; NaN for a stage without epochs."""
+    return np.stack([rel[st == s].mean(0) if (st == s).any() else np.full(rel.shape[-1], np.nan) for s in range(5)])
 
 
 def read_edf(path) -> dict[str, tuple[np.ndarray, float]]:
@@ -96,64 +122,61 @@ def read_edf(path) -> dict[str, tuple[np.ndarray, float]]:
 _REAL_CACHE: dict = {}
 
 
+def real_nights(exclude=TEST_SUBJECT) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(relative band powers (n, 3, 5) float64, renormalised to sum 1; stages (n,))] of the real
+    band-power nights not in ``exclude`` (the 151 that are not subject 0), sorted by name.
+    Read once per process."""
+    key = ("nights", tuple(exclude))
+    if key not in _REAL_CACHE:
+        from sleepedge.simulate.realism import load_real_bandpower
+
+        nights = []
+        for name, feats, labels in load_real_bandpower(BP_DIR):
+            if name.startswith(tuple(exclude)):
+                continue
+            x = feats[:, :, 5:10].astype(np.float64)
+            nights.append((x / x.sum(-1, keepdims=True), labels))
+        _REAL_CACHE[key] = nights
+    return _REAL_CACHE[key]
+
+
 def real_reference(exclude=TEST_SUBJECT) -> dict:
     """Per real channel: (5 stages, 5 bands) mean and SD of the relative band powers over every
     epoch of the 151 non-test real nights."""
-    if "ref" in _REAL_CACHE:
-        return _REAL_CACHE["ref"]
-    xs, ys = [], []
-    for fpath in sorted(BP_DIR.glob("SC4*-PSG.npz")):
-        if fpath.name.startswith(exclude):
-            continue
-        with np.load(fpath) as d:
-            xs.append(d["features"][:, :, 5:10].astype(np.float64))
-            ys.append(d["labels"].astype(int))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    x = x / x.sum(-1, keepdims=True)
+    key = ("ref", tuple(exclude))
+    if key in _REAL_CACHE:
+        return _REAL_CACHE[key]
+    nights = real_nights(exclude)
+    x, y = np.concatenate([n[0] for n in nights]), np.concatenate([n[1] for n in nights])
     ref = {}
     for ci, ch in enumerate(REAL_CHANNELS):
-        ref[ch] = {"mean": np.stack([x[y == s, ci].mean(0) for s in range(5)]),
+        ref[ch] = {"mean": stage_means(x[:, ci], y),
                    "sd": np.stack([x[y == s, ci].std(0) for s in range(5)]),
-                   "n": [int((y == s).sum()) for s in range(5)], "n_nights": len(xs)}
-    _REAL_CACHE["ref"] = ref
+                   "n": [int((y == s).sum()) for s in range(5)], "n_nights": len(nights)}
+    _REAL_CACHE[key] = ref
     return ref
 
 
-def derivation_table(labels) -> dict[str, tuple[str, str]]:
-    """EEG/EOG label -> (kind, real reference channel), from the simulator's own montage tables."""
-    from sleepedge.simulate.night import LABEL_VARIANTS, REAL_REFERENCE
-
-    out = {}
-    for lab in labels:
-        kinds = [k for k, v in LABEL_VARIANTS.items() if lab in v and k in REAL_REFERENCE]
-        if lab in ("EEG Pz-Oz",):
-            kinds = ["occipital"]
-        if kinds:
-            out[lab] = (kinds[0], REAL_REFERENCE[kinds[0]])
-    return out
+def _against_real(sim_mean: np.ndarray, ch: str) -> dict:
+    """SMD (`realism.smd`) of (5, 5) simulated stage means against real channel ``ch``, and its worst cell."""
+    ref = real_reference()[ch]
+    z = smd(sim_mean, ref["mean"], ref["sd"])
+    i, j = np.unravel_index(np.nanargmax(np.abs(z)), z.shape)
+    return {"ref": ch, "smd": z, "sim_mean": sim_mean, "real_mean": ref["mean"],
+            "worst": (STAGES[i], BAND_NAMES[j], float(z[i, j]), float(sim_mean[i, j]), float(ref["mean"][i, j]))}
 
 
-def smd_of(signals: dict[str, tuple[np.ndarray, float]], stages: np.ndarray, table=None, drop=None) -> dict:
-    """{label: {"ref", "smd" (5, 5), "sim_mean" (5, 5), "worst": (stage, band, value)}}.
-    drop: label -> boolean epoch mask of epochs to leave out (device faults)."""
-    from sleepedge.simulate.realism import smd
-
-    ref = real_reference()
-    table = table or derivation_table(signals)
+def smd_of(signals: dict[str, tuple[np.ndarray, float]], stages: np.ndarray, table, drop=None) -> dict:
+    """{label: {"kind", "ref", "smd" (5, 5), "sim_mean" (5, 5), "real_mean", "worst": (stage, band,
+    value, sim, real)}}. table: label -> (kind, real reference channel) (the night's
+    ``meta['derivations']``); drop: label -> boolean epoch mask of epochs to leave out (device faults)."""
     out = {}
     for lab, (kind, ch) in table.items():
-        x, fs = signals[lab]
-        band = (0.5, 15.0) if ch == "EOG horizontal" else (0.5, 30.0)
-        f, p = welch_epochs(to_100hz(x, fs), band)
-        rel = rel_bandpower(f, p)
+        rel = measure_rel(*signals[lab], ch)
         st = np.asarray(stages)[: rel.shape[0]]
         if drop and lab in drop:
             st = np.where(drop[lab][: st.size], -1, st)
-        sim_mean = np.stack([rel[st == s].mean(0) if (st == s).any() else np.full(5, np.nan) for s in range(5)])
-        z = smd(sim_mean, ref[ch]["mean"], ref[ch]["sd"])
-        i, j = np.unravel_index(np.nanargmax(np.abs(z)), z.shape)
-        out[lab] = {"kind": kind, "ref": ch, "smd": z, "sim_mean": sim_mean, "real_mean": ref[ch]["mean"],
-                    "worst": (STAGES[i], BAND_NAMES[j], float(z[i, j]), float(sim_mean[i, j]), float(ref[ch]["mean"][i, j]))}
+        out[lab] = {"kind": kind, **_against_real(stage_means(rel, st), ch)}
     return out
 
 
@@ -171,7 +194,7 @@ def measure_night(night, via_edf: bool = True, qc: bool = False) -> dict:
         sig = {lab: (night.signals[lab], night.rates_hz[lab]) for lab in night.signals}
     sig = {lab: sig[lab] for lab in exg}
     table = {lab: (night.meta["derivations"][lab]["kind"], night.meta["derivations"][lab]["real_reference"])
-             for lab in exg} if "derivations" in night.meta else None
+             for lab in exg}
     st = night.hypnogram.stages
     drop = {lab: device_fault_epochs(night, lab, st.size) for lab in exg} if qc else None
     return smd_of(sig, st, table, drop)
@@ -193,16 +216,9 @@ def real_single_night_worst(exclude=TEST_SUBJECT) -> dict[str, np.ndarray]:
     real reference -- how far single real nights are from the pooled distribution."""
     ref = real_reference(exclude)
     out = {ch: [] for ch in REAL_CHANNELS}
-    for fpath in sorted(BP_DIR.glob("SC4*-PSG.npz")):
-        if fpath.name.startswith(exclude):
-            continue
-        with np.load(fpath) as d:
-            x = d["features"][:, :, 5:10].astype(np.float64)
-            y = d["labels"].astype(int)
-        x = x / x.sum(-1, keepdims=True)
+    for x, y in real_nights(exclude):
         for ci, ch in enumerate(REAL_CHANNELS):
-            m = np.stack([x[y == s, ci].mean(0) if (y == s).any() else np.full(5, np.nan) for s in range(5)])
-            out[ch].append(np.nanmax(np.abs((m - ref[ch]["mean"]) / ref[ch]["sd"])))
+            out[ch].append(np.nanmax(np.abs(smd(stage_means(x[:, ci], y), ref[ch]["mean"], ref[ch]["sd"]))))
     return {ch: np.asarray(v) for ch, v in out.items()}
 
 
@@ -224,29 +240,19 @@ def pooled_smd(montage: str, seeds, ahis=(5.0, 20.0, 40.0), hypnogram=BALANCED_3
     -> {label_of_first_night: {"kind", "ref", "smd" (5, 5), "worst"}} (labels vary in 'variants':
     keyed by kind)."""
     from sleepedge.simulate import simulate_night
-    from sleepedge.simulate.realism import smd
 
-    ref = real_reference()
     acc: dict = {}
     for i, seed in enumerate(seeds):
         night = simulate_night(hypnogram=hypnogram, seed=int(seed), ahi=float(ahis[i % len(ahis)]), montage=montage)
         st = night.hypnogram.stages
         for lab, d in night.meta["derivations"].items():
-            band = (0.5, 15.0) if d["real_reference"] == "EOG horizontal" else (0.5, 30.0)
-            f, p = welch_epochs(to_100hz(night.signals[lab], night.rates_hz[lab]), band)
+            rel = measure_rel(night.signals[lab], night.rates_hz[lab], d["real_reference"])
             a = acc.setdefault(d["kind"], {"ref": d["real_reference"], "labels": set(), "rel": [], "st": []})
             a["labels"].add(lab)
-            a["rel"].append(rel_bandpower(f, p))
-            a["st"].append(np.where(device_fault_epochs(night, lab, p.shape[0]), -1, st[: p.shape[0]]))
-    out = {}
-    for kind, a in acc.items():
-        rel, st = np.concatenate(a["rel"]), np.concatenate(a["st"])
-        m = np.stack([rel[st == s].mean(0) for s in range(5)])
-        z = smd(m, ref[a["ref"]]["mean"], ref[a["ref"]]["sd"])
-        i, j = np.unravel_index(np.nanargmax(np.abs(z)), z.shape)
-        out[kind] = {"ref": a["ref"], "labels": sorted(a["labels"]), "smd": z, "sim_mean": m,
-                     "worst": (STAGES[i], BAND_NAMES[j], float(z[i, j]), float(m[i, j]), float(ref[a["ref"]]["mean"][i, j]))}
-    return out
+            a["rel"].append(rel)
+            a["st"].append(np.where(device_fault_epochs(night, lab, rel.shape[0]), -1, st[: rel.shape[0]]))
+    return {kind: {"labels": sorted(a["labels"]), **_against_real(stage_means(np.concatenate(a["rel"]), np.concatenate(a["st"])), a["ref"])}
+            for kind, a in acc.items()}
 
 
 def smd_section(hours=8.0, seeds=(11, 12), ahis=(5.0, 20.0), montages=("default", "sleep-edf", "variants")) -> dict:
@@ -287,8 +293,6 @@ def real_night_epochs():
     """Real SC4001E0 signals (100 Hz) and its 30-s stages (0..4, -100), aligned from t = 0."""
     from sleepedge.scoring import read_scoring
 
-    import pyedflib
-
     # the file is 1 byte longer than its header says: pyedflib refuses it; read with sleepedge's reader
     try:
         sig = read_edf(PSG)
@@ -299,25 +303,19 @@ def real_night_epochs():
         with open_edf(PSG) as rd:
             for lab in ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal"):
                 sig[lab] = (rd.read(lab), rd.header.signal(lab).fs_hz)
-    del pyedflib
     hyp, _ = read_scoring(HYP)
     return sig, np.asarray(hyp.stages, int)
 
 
 def _epochs(x100: np.ndarray, n_ep: int, band=(0.5, 30.0)) -> np.ndarray:
-    y = sps.oaconvolve(x100, _fir(*band), mode="same")
-    y = (y - y.mean()) / max(y.std(), 1e-12)
-    return y[: n_ep * 3000].reshape(n_ep, 3000)
+    return _bandpass_z(x100, band)[: n_ep * 3000].reshape(n_ep, 3000)
 
 
 def _spectra_45(x100: np.ndarray, n_ep: int):
     """Per-epoch Welch PSD 0.25-Hz resolution to 45 Hz after 0.3-45 Hz band-pass and z-score."""
-    y = sps.oaconvolve(x100, _fir(0.3, 45.0), mode="same")
-    y = (y - y.mean()) / max(y.std(), 1e-12)
-    f, p = sps.welch(y[: n_ep * 3000].reshape(n_ep, 3000), fs=100.0, window="hamming", nperseg=400,
-                     noverlap=200, average="median", axis=-1)
+    f, p = welch_epochs(x100, (0.3, 45.0))
     keep = (f >= 0.25) & (f <= 45.0)
-    return f[keep], p[:, keep]
+    return f[keep], p[:n_ep, keep]
 
 
 def eye_movement_rate(eog100: np.ndarray, n_ep: int, thr_sd: float = 3.0) -> np.ndarray:
@@ -333,21 +331,19 @@ def eye_movement_rate(eog100: np.ndarray, n_ep: int, thr_sd: float = 3.0) -> np.
 
 
 def transition_stats(stages_list) -> dict:
-    """Pooled stage transition probabilities (bout changes) and mean bout length per stage."""
+    """Pooled stage transition probabilities (bout changes, unscored epochs joined) and mean bout
+    length per stage (`hypnogram_stats`)."""
     from sleepedge.simulate.calibration import bouts
+    from sleepedge.simulate.hypnogram import hypnogram_stats
 
+    stages_list = [np.asarray(st) for st in stages_list]
     trans = np.zeros((5, 5))
-    lens = [[] for _ in range(5)]
     for st in stages_list:
-        st = np.asarray(st)
-        st = st[(st >= 0) & (st <= 4)]
-        s, _, n = bouts(st)
+        s, _, _ = bouts(st[(st >= 0) & (st <= 4)])
         for a, b in zip(s[:-1], s[1:]):
             trans[a, b] += 1
-        for k, m in zip(s, n):
-            lens[k].append(m)
     p = trans / np.maximum(trans.sum(1, keepdims=True), 1)
-    return {"p": p, "mean_bout_epochs": np.array([np.mean(x) if x else np.nan for x in lens])}
+    return {"p": p, "mean_bout_epochs": hypnogram_stats(stages_list)["mean_bout_epochs"]}
 
 
 def raw_section(seed: int = 7) -> dict:
@@ -359,8 +355,7 @@ def raw_section(seed: int = 7) -> dict:
     bp = BP_DIR / "SC4001E0-PSG.npz"
     with np.load(bp) as d:
         lab_bp = d["labels"].astype(int)
-        onsets = d["onsets_sec"]
-    first = int(round(onsets[0] / 30.0)) + 961 - int(round(onsets[0] / 30.0))  # epoch 0 there is 961 here
+    first = 961  # epoch 0 of the band-power night is epoch 961 of the PSG (shared/data/README.md)
     n_ep = lab_bp.size
     sim = simulate_night(seed=seed, montage="sleep-edf", spectra=bp)
     out: dict = {"real": "SC4001E0 epochs 961..961+%d (the band-power night's span)" % n_ep,
@@ -409,12 +404,10 @@ def raw_section(seed: int = 7) -> dict:
                               "kurtosis_p90": [round(float(np.percentile(ks[m], 90)), 2), round(float(np.percentile(kr[m], 90)), 2)],
                               "ptp_median_z": [round(float(np.median(pps[m])), 2), round(float(np.median(ppr[m])), 2)],
                               "ptp_p90_z": [round(float(np.percentile(pps[m], 90)), 2), round(float(np.percentile(ppr[m], 90)), 2)]}
-            kd = float(np.median(ks[m]) - np.median(kr[m]))
             largest.append((abs(np.log(np.median(ks[m]) / np.median(kr[m]))) * 3,
                             f"{lab} {STAGES[s]} kurtosis median sim {np.median(ks[m]):.2f} vs real {np.median(kr[m]):.2f}"))
             pr90 = np.percentile(pps[m], 90) / np.percentile(ppr[m], 90)
             largest.append((abs(np.log10(pr90)), f"{lab} {STAGES[s]} peak-to-peak p90 sim/real x{pr90:.2f}"))
-            del kd
         ch["amplitude [sim, real]"] = amp
         # epoch-by-epoch: relative band powers of the same epoch, sim vs real
         fr_, pr_ = welch_epochs(xr, band)
