@@ -203,22 +203,30 @@ def test_spectra_replay_follows_the_real_night():
 
 
 # ----------------------------------------------------------------------------- EEG realism
-def test_stage_spectral_model_matches_real_means():
+@pytest.fixture(scope="module")
+def real_bandpower():
+    """The 153 real band-power nights [(name, features, labels)], read once for this module."""
+    need("sleep-edf-bandpower-78")
+    from sleepedge.simulate.realism import load_real_bandpower
+
+    return load_real_bandpower()
+
+
+def test_stage_spectral_model_matches_real_means(real_bandpower):
     """The per-stage band-power model (no signals): 300 sampled nights vs all 153 real nights.
     The targets are drawn around 'mean_unmeasured' here: the shipped 'mean' is shifted so that
     the MEASURED signals match (tests/test_realism.py), which moves the raw targets off."""
-    need("sleep-edf-bandpower-78")
     import copy
 
     from sleepedge.simulate.calibration import load_params
     from sleepedge.simulate.hypnogram import sample_hypnogram
-    from sleepedge.simulate.realism import load_real_bandpower, stage_stats
+    from sleepedge.simulate.realism import smd, stage_stats
     from sleepedge.simulate.spectra import features_to_bandpower, sample_features
 
     model = copy.deepcopy(load_params("spectral"))
     for s in model["stages"]:
         s["mean"] = s["mean_unmeasured"]
-    real = load_real_bandpower()
+    real = real_bandpower
     mr, sr = stage_stats([r[1] for r in real], [r[2] for r in real])
     feats, labels = [], []
     for i in range(300):
@@ -227,17 +235,17 @@ def test_stage_spectral_model_matches_real_means():
         feats.append(np.concatenate([np.log(bp), bp / bp.sum(-1, keepdims=True)], -1))
         labels.append(st.astype(int))
     ms, _ = stage_stats(feats, labels)
-    z = np.abs(ms - mr) / sr
+    z = np.abs(smd(ms, mr, sr))
     assert z.max() <= 0.25, np.round(z, 2)
 
 
-def test_spectral_match_on_replayed_nights():
+def test_spectral_match_on_replayed_nights(real_bandpower):
     """Signal synthesis + transients + artefacts keep each stage's relative band powers: three
     replayed real nights, measured like the real set, vs the same real nights."""
     files = sorted(need("sleep-edf-bandpower-78").glob("SC4*-PSG.npz"))[120:123]
-    from sleepedge.simulate.realism import load_real_bandpower, simulate_feature_nights, spectral_match
+    from sleepedge.simulate.realism import simulate_feature_nights, spectral_match
 
-    real = {r[0]: r for r in load_real_bandpower()}
+    real = {r[0]: r for r in real_bandpower}
     feats, labels = simulate_feature_nights(0, 0.0, spectra=files, seed0=700)
     z = spectral_match(feats, labels, [real[f.name][1] for f in files], [real[f.name][2] for f in files])
     assert z[:, :2].max() <= 0.5, np.round(z[:, :2], 2)
@@ -251,10 +259,10 @@ def sim_feature_nights():
     return simulate_feature_nights(5, 4.0, seed0=500)
 
 
-def test_classifier_transfer(sim_feature_nights):
-    from sleepedge.simulate.realism import classifier_transfer, load_real_bandpower
+def test_classifier_transfer(sim_feature_nights, real_bandpower):
+    from sleepedge.simulate.realism import classifier_transfer
 
-    ct = classifier_transfer(load_real_bandpower(), *sim_feature_nights)
+    ct = classifier_transfer(real_bandpower, *sim_feature_nights)
     assert ct["acc_real"] > 0.6
     assert abs(ct["acc_sim"] - ct["acc_real"]) <= 0.10, (ct["acc_real"], ct["acc_sim"])
     assert ct["confusion_l1"] < 0.6, ct["confusion_sim"]
