@@ -26,7 +26,8 @@ import numpy as np
 from scipy import signal as sps
 
 from sleepedge.contract import EPOCH_S
-from sleepedge.simulate.calibration import SHARED_DATA, crop_to_sleep, load_params, load_real_hypnograms
+from sleepedge.simulate.calibration import (SHARED_DATA, crop_to_sleep, is_test_subject, load_params,
+                                            load_real_hypnograms)
 from sleepedge.simulate.spectra import epoch_bandpower
 
 SLEEP_EDF_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
@@ -110,9 +111,12 @@ def confusion(y_true, y_pred) -> np.ndarray:
 
 def classifier_transfer(real: list[tuple[str, np.ndarray, np.ndarray]], sim_feats, sim_labels,
                         n_train: int = N_TRAIN) -> dict:
-    """LDA trained on the first ``n_train`` real nights; accuracy + confusion on the held-out real
-    nights and on the simulated nights (against the simulator's own stages)."""
-    tr, te = real[:n_train], real[n_train:]
+    """LDA trained on the first ``n_train`` real nights that are not the test subject's (subject 0
+    is never trained on: its nights stay in the held-out set); accuracy + confusion on the held-out
+    real nights and on the simulated nights (against the simulator's own stages)."""
+    tr = [r for r in real if not is_test_subject(r[0])][:n_train]
+    chosen = {r[0] for r in tr}
+    te = [r for r in real if r[0] not in chosen]
     clf = LDA().fit(*_flat([r[1] for r in tr], [r[2] for r in tr]))
     xr, yr = _flat([r[1] for r in te], [r[2] for r in te])
     xs, ys = _flat(sim_feats, sim_labels)
