@@ -36,6 +36,7 @@ import numpy as np
 from sleepedge.contract import EPOCH_S, IGNORE, ROLES, STAGES
 from sleepedge.errors import ChannelError, ScoringError, SleepEdgeError
 from sleepedge.scoring import Hypnogram, stage_code
+from sleepedge.stats import stage_confusion, stage_f1, stage_kappa
 
 __all__ = ["Agreement", "Night", "compare", "score", "stream"]
 
@@ -640,33 +641,6 @@ def compare(a, b) -> Agreement:
     xb = rb[lo - offset:hi - offset] if hi > lo else rb[:0]
     keep = (xa >= 0) & (xa < 5) & (xb >= 0) & (xb < 5)
     return _agreement(xa[keep], xb[keep], int(ra.size), int(rb.size), offset)
-
-
-def stage_confusion(ref, pred, k: int = len(STAGES)) -> np.ndarray:
-    """Counts C[i, j] = epochs of class i in `ref` given class j in `pred` (codes 0..k-1 only;
-    drop unscored epochs first). The one confusion matrix of the project (`train.metrics`,
-    `bench.agreement` and `compare` use it)."""
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (np.asarray(ref, np.int64), np.asarray(pred, np.int64)), 1)
-    return cm
-
-
-def stage_f1(cm: np.ndarray) -> np.ndarray:
-    """F1 of each class from a confusion matrix (0 where the class is absent and never predicted)."""
-    tp = np.diag(cm).astype(np.float64)
-    denom = (cm.sum(0) + cm.sum(1)).astype(np.float64)   # = 2tp + fp + fn
-    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-
-
-def stage_kappa(cm: np.ndarray) -> float | None:
-    """Cohen's kappa from a confusion matrix; None when undefined (nothing counted, or one class
-    only in both: chance agreement 1)."""
-    n = int(cm.sum())
-    if n == 0:
-        return None
-    po = float(np.trace(cm) / n)
-    pe = float((cm.sum(0).astype(float) * cm.sum(1).astype(float)).sum() / (n * n))
-    return float((po - pe) / (1 - pe)) if pe < 1 else None
 
 
 def _agreement(ref: np.ndarray, pred: np.ndarray, n_a: int, n_b: int, offset: int = 0) -> Agreement:

@@ -139,6 +139,36 @@ def sleep_stats(hyp: Hypnogram, events: Iterable[Event] = (), *, min_awakening_s
     return out
 
 
+# ---- agreement between two scorings (sleepedge.compare, train.metrics)
+
+
+def stage_confusion(ref, pred, k: int = len(STAGES)) -> np.ndarray:
+    """Counts C[i, j] = epochs of class i in `ref` given class j in `pred` (codes 0..k-1 only;
+    drop unscored epochs first). The one confusion matrix of the project (`train.metrics`,
+    `sleepedge.compare` (so `bench.agreement`) and the simulator's realism check use it)."""
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (np.asarray(ref, np.int64), np.asarray(pred, np.int64)), 1)
+    return cm
+
+
+def stage_f1(cm: np.ndarray) -> np.ndarray:
+    """F1 of each class from a confusion matrix (0 where the class is absent and never predicted)."""
+    tp = np.diag(cm).astype(np.float64)
+    denom = (cm.sum(0) + cm.sum(1)).astype(np.float64)   # = 2tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def stage_kappa(cm: np.ndarray) -> float | None:
+    """Cohen's kappa from a confusion matrix; None when undefined (nothing counted, or one class
+    only in both: chance agreement 1)."""
+    n = int(cm.sum())
+    if n == 0:
+        return None
+    po = float(np.trace(cm) / n)
+    pe = float((cm.sum(0).astype(float) * cm.sum(1).astype(float)).sum() / (n * n))
+    return float((po - pe) / (1 - pe)) if pe < 1 else None
+
+
 def format_stats(stats: dict) -> str:
     """Human-readable multi-line summary (for the CLI / reports)."""
 

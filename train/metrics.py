@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from sleepedge.api import stage_confusion, stage_f1, stage_kappa
+from sleepedge.stats import stage_confusion, stage_f1, stage_kappa
 from sleepedge.contract import IGNORE, STAGES
 
 
@@ -35,7 +35,7 @@ def per_class_f1(cm: np.ndarray) -> np.ndarray:
 
 
 def cohen_kappa(cm: np.ndarray) -> float:
-    """`sleepedge.api.stage_kappa`, with training's conventions where it is undefined: NaN when
+    """`sleepedge.stats.stage_kappa`, with training's conventions where it is undefined: NaN when
     nothing is counted, 1.0 for one class only in both (perfect agreement)."""
     kappa = stage_kappa(cm)
     if kappa is not None:

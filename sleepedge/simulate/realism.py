@@ -29,6 +29,7 @@ from sleepedge.contract import EPOCH_S
 from sleepedge.simulate.calibration import (SHARED_DATA, crop_to_sleep, is_test_subject, load_params,
                                             load_real_hypnograms)
 from sleepedge.simulate.spectra import epoch_bandpower
+from sleepedge.stats import stage_confusion
 
 SLEEP_EDF_LABELS = ("EEG Fpz-Cz", "EEG Pz-Oz", "EOG horizontal")
 _BANDS = ((0.5, 30.0), (0.5, 30.0), (0.5, 15.0))
@@ -104,11 +105,6 @@ def _flat(feats, labels):
     return x[keep], y[keep]
 
 
-def confusion(y_true, y_pred) -> np.ndarray:
-    """5x5 counts, rows = truth (W, N1, N2, N3, REM), columns = prediction."""
-    return np.bincount(y_true * 5 + y_pred, minlength=25).reshape(5, 5)
-
-
 def classifier_transfer(real: list[tuple[str, np.ndarray, np.ndarray]], sim_feats, sim_labels,
                         n_train: int = N_TRAIN) -> dict:
     """LDA trained on the first ``n_train`` real nights that are not the test subject's (subject 0
@@ -121,7 +117,7 @@ def classifier_transfer(real: list[tuple[str, np.ndarray, np.ndarray]], sim_feat
     xr, yr = _flat([r[1] for r in te], [r[2] for r in te])
     xs, ys = _flat(sim_feats, sim_labels)
     pr, ps = clf.predict(xr), clf.predict(xs)
-    cr, cs = confusion(yr, pr), confusion(ys, ps)
+    cr, cs = stage_confusion(yr, pr), stage_confusion(ys, ps)
     norm = lambda c: c / np.maximum(c.sum(1, keepdims=True), 1)  # noqa: E731
     return {"acc_real": float((pr == yr).mean()), "acc_sim": float((ps == ys).mean()),
             "confusion_real": cr, "confusion_sim": cs,
