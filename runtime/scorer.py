@@ -201,6 +201,22 @@ class StreamingScorer:
         self.state = engine.init_state()
         self.n_scored = 0
 
+    @classmethod
+    def for_source(cls, bundle, source, engine=None, **kw) -> "StreamingScorer":
+        """A scorer for a replay / live source (`runtime.sources`): its rates and labels; the source
+        then reads only the roles the model uses, and the header's EDF+D gaps are flagged."""
+        scorer = cls(bundle, source.rates_hz, engine, labels=getattr(source, "labels", None), **kw)
+        if hasattr(source, "select"):
+            source.select(scorer.pre.roles)
+        for onset, dur in getattr(getattr(source, "header", None), "gaps", []) or []:
+            scorer.mark_gap(onset, onset + dur)
+        return scorer
+
+    def feed(self, chunk) -> list[EpochResult]:
+        """One source `Chunk`: the dropout before it (`gap_s`, flagged `gap`), then its samples."""
+        results = self.gap(chunk.gap_s) if getattr(chunk, "gap_s", 0.0) > 0 else []
+        return results + self.push(chunk.data)
+
     def describe(self) -> str:
         parts = [f"roles used {list(self.pre.roles)}"]
         if self.missing_roles:

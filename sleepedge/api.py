@@ -488,16 +488,12 @@ def stream(source, model=None, *, channels=None, device: str = "auto", threads: 
         src = None
     if src is not None:
         try:
-            scorer = StreamingScorer(bundle, src.rates_hz, engine, labels=getattr(src, "labels", None))
+            scorer = StreamingScorer.for_source(bundle, src, engine)
         except SleepEdgeError:
             close = getattr(src, "close", None)
             if close is not None and src is not source:
                 close()
             raise
-        if hasattr(src, "select"):
-            src.select(scorer.pre.roles)
-        for onset, dur in getattr(getattr(src, "header", None), "gaps", []) or []:
-            scorer.mark_gap(onset, onset + dur)
         chunks = iter(src)
     else:
         if not isinstance(source, Iterable):
@@ -513,9 +509,7 @@ def stream(source, model=None, *, channels=None, device: str = "auto", threads: 
 def _stream_results(scorer, chunks):
     try:
         for chunk in chunks:
-            results = scorer.gap(chunk.gap_s) if getattr(chunk, "gap_s", 0.0) > 0 else []
-            results += scorer.push(chunk.data)
-            yield from results
+            yield from scorer.feed(chunk)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:

@@ -250,10 +250,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     from runtime.sinks import NightWriter, reported
     from sleepedge.errors import SleepEdgeError
 
-    scorer = StreamingScorer(bundle, source.rates_hz, engine, labels=getattr(source, "labels", None))
-    source.select(scorer.pre.roles)
-    for onset, dur in getattr(getattr(source, "header", None), "gaps", []) or []:
-        scorer.mark_gap(onset, onset + dur)
+    scorer = StreamingScorer.for_source(bundle, source, engine)
     notice = _notice(bundle)
     writer = NightWriter(out, stem, fmts, notice=notice, resume=resume, every=20, start=source.start)
     factory = _partial_night(getattr(source, "describe", lambda: "stream")(), source.start, bundle, engine.describe())
@@ -276,9 +273,7 @@ def stream_source(bundle, source, out: Path, fmts, engine, resume=False, max_epo
     complete = True
     try:
         for chunk in source:
-            results = scorer.gap(chunk.gap_s) if chunk.gap_s > 0 else []
-            results += scorer.push(chunk.data)
-            for res in results:
+            for res in scorer.feed(chunk):
                 writer.add(res, night_of)
                 if not quiet and res.index >= writer.n_existing:
                     p = max(res.probs)
